@@ -1,0 +1,1 @@
+"""Segment-compatible event collector: decode, authenticate, validate, stamp, store."""

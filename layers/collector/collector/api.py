@@ -1,0 +1,198 @@
+"""The Lambda edge: API Gateway REST events in, JSON answers out, with logs and metrics."""
+
+from __future__ import annotations
+
+import warnings
+from functools import cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, single_metric
+from aws_lambda_powertools.event_handler import (
+    APIGatewayRestResolver,
+    CORSConfig,
+    Response,
+    content_types,
+)
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+
+from .auth import SourceCache
+from .config import Settings
+from .errors import RequestRefused, StorageUnavailable
+from .ingest import Collector, IncomingRequest, IngestResult
+from .sources import SourceRegistry
+from .storage import EventStore
+
+logger = Logger()
+metrics = Metrics()
+# Preflights and unknown routes publish no metric, and that is fine.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
+# analytics.js 2.0 sends Authorization and X-Retry-Count, so every browser call is preflighted.
+app = APIGatewayRestResolver(
+    cors=CORSConfig(
+        allow_origin="*",
+        allow_headers=["Authorization", "Content-Type", "X-Retry-Count"],
+        max_age=7200,
+    )
+)
+# Short timeouts and few attempts: the client retries on our 503, with its own backoff.
+_AWS_CONFIG = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}
+)
+
+
+@cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@cache
+def collector() -> Collector:
+    """Built on first use, then reused by every request the warm Lambda serves."""
+    session = boto3.session.Session()
+    registry = SourceRegistry(
+        session.client("dynamodb", config=_AWS_CONFIG), settings().identity_table
+    )
+    return Collector(
+        settings(),
+        SourceCache(registry.lookup, settings().source_cache_seconds),
+        EventStore(session.client("s3", config=_AWS_CONFIG), settings().events_bucket),
+    )
+
+
+@app.post("/v1/m")
+def telemetry() -> Response[Any]:
+    """analytics.js posts its own usage metrics here; they are accepted and discarded."""
+    metrics.add_metric(name="DiscardedTelemetry", unit=MetricUnit.Count, value=1)
+    return _json(200, {"success": True})
+
+
+@app.post("/v1/<call>")
+def ingest(call: str) -> Response[Any]:
+    event = app.current_event
+    headers = event.headers
+    result = collector().ingest(
+        IncomingRequest(
+            call=call,
+            body=event.body,
+            is_base64_encoded=bool(event.is_base64_encoded),
+            request_id=event.request_context.request_id,
+            authorization=headers.get("authorization"),
+            content_encoding=headers.get("content-encoding"),
+            ip=event.request_context.identity.source_ip,
+        )
+    )
+    _record(result)
+    rejected = [rejection.as_json() for rejection in result.rejected]
+    if not result.accepted:
+        return _json(
+            400,
+            {
+                "success": False,
+                "code": "invalid_messages",
+                "message": "No message in the request is valid; see rejected for the reasons.",
+                "rejected": rejected,
+            },
+        )
+    return _json(200, {"success": True, "rejected": rejected} if rejected else {"success": True})
+
+
+@app.exception_handler(RequestRefused)
+def refused(exc: RequestRefused) -> Response[Any]:
+    logger.info("request refused", extra={"status": exc.status, "code": exc.code})
+    metrics.add_metric(name="RefusedRequests", unit=MetricUnit.Count, value=1)
+    return _json(
+        exc.status, {"success": False, "code": exc.code, "message": exc.message, **exc.extra}
+    )
+
+
+@app.exception_handler(StorageUnavailable)
+def unavailable(exc: StorageUnavailable) -> Response[Any]:
+    logger.warning("storage unavailable", extra={"reason": str(exc)})
+    metrics.add_metric(name="StorageFailures", unit=MetricUnit.Count, value=1)
+    retry_after = settings().retry_after_seconds
+    return _json(
+        503,
+        {
+            "success": False,
+            "code": "storage_unavailable",
+            "message": "Storage is briefly unavailable; nothing was lost. "
+            f"Retry in {retry_after} s.",
+        },
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+@app.not_found
+def not_found(_: NotFoundError) -> Response[Any]:
+    event = app.current_event
+    return _json(
+        404,
+        {
+            "success": False,
+            "code": "unknown_route",
+            "message": f"No route for {event.http_method} {event.path}; events are sent with "
+            "POST to /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group "
+            "or /v1/alias.",
+        },
+    )
+
+
+@app.exception_handler(Exception)
+def internal_error(exc: Exception) -> Response[Any]:
+    # A bug, not the client's fault: the client retries (5xx) and the log has the trace.
+    logger.exception("unexpected error")
+    return _json(
+        500,
+        {
+            "success": False,
+            "code": "internal_error",
+            "message": "The collector failed unexpectedly; retry later. Request id: "
+            f"{app.current_event.request_context.request_id}",
+        },
+    )
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)
+
+
+def _record(result: IngestResult) -> None:
+    logger.info(
+        "request stored",
+        extra={
+            "source_id": result.source.id,
+            "accepted": result.accepted,
+            "rejected": [rejection.as_json() for rejection in result.rejected],
+            "bytes": result.stored_bytes,
+            "duplicate": result.duplicate,
+        },
+    )
+    metrics.add_metric(name="AcceptedMessages", unit=MetricUnit.Count, value=result.accepted)
+    metrics.add_metric(name="RejectedMessages", unit=MetricUnit.Count, value=len(result.rejected))
+    metrics.add_metric(name="RequestBytes", unit=MetricUnit.Bytes, value=result.stored_bytes)
+    for message_type, count in result.per_type.items():
+        with single_metric(
+            name="AcceptedMessages",
+            unit=MetricUnit.Count,
+            value=count,
+            default_dimensions=metrics.default_dimensions,
+        ) as metric:
+            metric.add_dimension(name="type", value=message_type)
+
+
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=body,
+        headers=headers,
+    )

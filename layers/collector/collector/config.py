@@ -1,0 +1,37 @@
+"""Settings of one collector deployment, read once from the environment at cold start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    events_bucket: str
+    identity_table: str
+    # Limits follow Segment's published ones so existing clients never hit a surprise.
+    max_request_bytes: int = 500 * 1024
+    max_message_bytes: int = 32 * 1024
+    max_batch_messages: int = 2500
+    # A revoked write key keeps working in a warm Lambda for at most this long.
+    source_cache_seconds: float = 60.0
+    # How far back a retried request is looked for in earlier hour partitions.
+    dedupe_lookback_hours: int = 24
+    retry_after_seconds: int = 5
+    gzip_level: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Each field from the variable of its name in upper case; unset ones keep the default."""
+        values: dict[str, object] = {}
+        for setting in fields(cls):
+            raw = env.get(setting.name.upper(), "")
+            if setting.default is MISSING:
+                if not raw:
+                    raise RuntimeError(f"{setting.name.upper()} must be set")
+                values[setting.name] = raw
+            elif raw:
+                values[setting.name] = type(setting.default)(raw)
+        return cls(**values)  # type: ignore[arg-type]

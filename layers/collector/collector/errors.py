@@ -1,0 +1,41 @@
+"""Refusals: an HTTP status, a stable code and a message a developer can act on."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RequestRefused(Exception):
+    """The whole request is refused; nothing from it was stored."""
+
+    status: ClassVar[int] = 400
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+class BadRequest(RequestRefused):
+    status = 400
+
+
+class Unauthorized(RequestRefused):
+    status = 401
+
+
+class PayloadTooLarge(RequestRefused):
+    status = 413
+
+
+class UnsupportedMediaType(RequestRefused):
+    status = 415
+
+
+class StorageUnavailable(Exception):
+    """S3 or DynamoDB failed in a way a retry of the same request can fix."""
+
+
+class NotFound(RequestRefused):
+    status = 404

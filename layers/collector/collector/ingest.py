@@ -1,0 +1,313 @@
+"""One request through the pipeline: decode, authenticate, validate, stamp, serialise, store."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .auth import Source, SourceCache, write_key_from
+from .config import Settings
+from .decoding import decompress, parse_object, request_bytes
+from .errors import BadRequest, NotFound
+from .stamping import RequestStamp, stamp
+from .storage import (
+    EVENTS_PREFIX,
+    REJECTED_PREFIX,
+    EventStore,
+    earlier_hours,
+    fingerprint,
+    gzip_lines,
+)
+from .validation import InvalidMessage, parse_timestamp, validate_messages
+
+# Route name -> message type; the one-letter names are analytics.js 2.0's short paths.
+SINGLE_CALLS = {
+    "identify": "identify",
+    "i": "identify",
+    "track": "track",
+    "t": "track",
+    "page": "page",
+    "p": "page",
+    "screen": "screen",
+    "s": "screen",
+    "group": "group",
+    "g": "group",
+    "alias": "alias",
+    "a": "alias",
+}
+BATCH_CALLS = frozenset({"batch", "b", "import"})
+_ENVELOPE_OBJECTS = ("context", "integrations")
+_DUMPS_OPTIONS = orjson.OPT_UTC_Z
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRequest:
+    """The parts of an API Gateway request that ingestion reads."""
+
+    call: str
+    body: str | None
+    is_base64_encoded: bool
+    request_id: str
+    authorization: str | None = None
+    content_encoding: str | None = None
+    ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that was not stored as an event, and why (it is kept under rejected/)."""
+
+    index: int
+    message_id: str | None
+    reasons: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"index": self.index, "messageId": self.message_id, "reasons": self.reasons}
+
+
+@dataclass(slots=True)
+class Processed:
+    """The messages of one request after validation and stamping, ready to store."""
+
+    lines: list[bytes] = field(default_factory=list)
+    rejected: list[tuple[Rejection, object]] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)
+    per_type: Counter[str] = field(default_factory=Counter)
+    newest: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    source: Source
+    accepted: int
+    rejected: list[Rejection]
+    per_type: Counter[str]
+    stored_bytes: int
+    duplicate: bool
+
+
+class Collector:
+    """Ingests requests for one deployment: its limits, its sources and its bucket."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sources: SourceCache,
+        store: EventStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._settings = settings
+        self._sources = sources
+        self._store = store
+        self._clock = clock
+
+    def ingest(self, request: IncomingRequest) -> IngestResult:
+        received_at = self._clock()
+        call_type = _call_type(request.call)
+        raw = decompress(
+            request_bytes(request.body, request.is_base64_encoded),
+            request.content_encoding,
+            self._settings.max_request_bytes,
+        )
+        body = parse_object(raw)
+        source = self._sources.source_for(write_key_from(request.authorization, body))
+        if call_type is None:
+            items, envelope_problems, stamp_ = self._unpack_batch(
+                body, request, received_at, source
+            )
+        else:
+            # The route says what the call is, whatever the body's type says.
+            items, envelope_problems = [{**body, "type": call_type}], []
+            stamp_ = RequestStamp(received_at, source.id, request.request_id, request.ip)
+        processed = process(items, stamp_, self._settings.max_message_bytes, envelope_problems)
+        duplicate = self._store_processed(processed, items, stamp_)
+        return IngestResult(
+            source=source,
+            accepted=len(processed.lines),
+            rejected=[rejection for rejection, _ in processed.rejected],
+            per_type=processed.per_type,
+            stored_bytes=len(raw),
+            duplicate=duplicate,
+        )
+
+    def _unpack_batch(
+        self, body: dict[str, Any], request: IncomingRequest, received_at: datetime, source: Source
+    ) -> tuple[list[Any], list[str], RequestStamp]:
+        items = body.get("batch")
+        if not isinstance(items, list) or not items:
+            raise BadRequest("invalid_batch", "batch must be a non-empty array of messages.")
+        limit = self._settings.max_batch_messages
+        if len(items) > limit:
+            raise BadRequest(
+                "batch_too_large",
+                f"The batch has {len(items)} messages; at most {limit} are accepted per request.",
+            )
+        # A broken envelope rejects each message with the reason, so nothing sent is lost.
+        problems: list[str] = []
+        sent_at = None
+        if body.get("sentAt") is not None:
+            try:
+                sent_at = _batch_timestamp(body["sentAt"])
+            except InvalidMessage as exc:
+                problems.extend(f"batch {reason}" for reason in exc.reasons)
+        envelope = {name: body.get(name) for name in _ENVELOPE_OBJECTS}
+        for name, value in envelope.items():
+            if value is not None and not isinstance(value, dict):
+                problems.append(f"batch {name}: must be an object")
+                envelope[name] = None
+        stamp_ = RequestStamp(
+            received_at,
+            source.id,
+            request.request_id,
+            request.ip,
+            sent_at=sent_at,
+            context=envelope["context"],
+            integrations=envelope["integrations"],
+        )
+        return items, problems, stamp_
+
+    def _store_processed(
+        self, processed: Processed, items: list[Any], request: RequestStamp
+    ) -> bool:
+        """Write the events object and, when needed, the rejected one; True if both existed."""
+        settings = self._settings
+        request_fingerprint = fingerprint(request.source_id, processed.message_ids)
+        earlier = (
+            earlier_hours(request.received_at, processed.newest, settings.dedupe_lookback_hours)
+            if processed.newest is not None
+            else []
+        )
+        metadata = {"source-id": request.source_id, "request-id": request.request_id}
+        written = []
+        if processed.lines:
+            _, new = self._store.put_once(
+                EVENTS_PREFIX,
+                request.received_at,
+                request_fingerprint,
+                gzip_lines(processed.lines, settings.gzip_level),
+                earlier,
+                metadata,
+            )
+            written.append(new)
+        if processed.rejected:
+            lines = [rejected_line(rej, item, request) for rej, item in processed.rejected]
+            _, new = self._store.put_once(
+                REJECTED_PREFIX,
+                request.received_at,
+                request_fingerprint,
+                gzip_lines(lines, settings.gzip_level),
+                earlier,
+                metadata,
+            )
+            written.append(new)
+        return not any(written)
+
+
+def process(
+    items: list[Any],
+    request: RequestStamp,
+    max_message_bytes: int,
+    envelope_problems: list[str] | None = None,
+) -> Processed:
+    """Validate, stamp and serialise each message: the per-event hot path, no I/O in it."""
+    processed = Processed()
+    add_line, add_id, per_type = (
+        processed.lines.append,
+        processed.message_ids.append,
+        processed.per_type,
+    )
+    if envelope_problems:
+        results: list[Any] = [InvalidMessage(envelope_problems)] * len(items)
+    else:
+        results = validate_messages(items)
+    newest = None
+    for index, result in enumerate(results):
+        try:
+            if isinstance(result, InvalidMessage):
+                raise result
+            message = stamp(result, request)
+            add_line(serialise(message, items[index], max_message_bytes))
+        except InvalidMessage as exc:
+            item = items[index]
+            message_id = _client_message_id(item)
+            processed.rejected.append((Rejection(index, message_id, exc.reasons), item))
+            # No client id means no way to recognise a retry: the fingerprint becomes unique.
+            add_id(message_id or uuid.uuid4().hex)
+            continue
+        add_id(message["messageId"])
+        per_type[message["type"]] += 1
+        if newest is None or message["timestamp"] > newest:
+            newest = message["timestamp"]
+    processed.newest = newest
+    return processed
+
+
+def serialise(message: dict[str, Any], sent: object, limit: int) -> bytes:
+    """The stored JSON line; the size limit applies to the message as the client sent it."""
+    try:
+        line = orjson.dumps(message, option=_DUMPS_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidMessage([f"cannot be stored as JSON: {_encode_problem(exc)}"]) from None
+    # Stamps add a few hundred bytes; only a large line needs the exact client-side size.
+    if len(line) > limit:
+        size = len(orjson.dumps(sent))
+        if size > limit:
+            raise InvalidMessage([f"message is {size} bytes; at most {limit} are accepted"])
+    return line
+
+
+def rejected_line(rejection: Rejection, item: object, request: RequestStamp) -> bytes:
+    """A line under rejected/: the message as sent (minus its write key) and the reasons."""
+    if isinstance(item, dict) and "writeKey" in item:
+        item = {key: value for key, value in item.items() if key != "writeKey"}
+    record = {
+        **rejection.as_json(),
+        "receivedAt": request.received_at,
+        "collector": request.provenance,
+        "message": item,
+    }
+    try:
+        return orjson.dumps(record, option=_DUMPS_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        # Only a message nested deeper than orjson writes lands here; keep the record itself.
+        record["message"] = None
+        record["reasons"] = [*rejection.reasons, f"message not kept: {_encode_problem(exc)}"]
+        return orjson.dumps(record, option=_DUMPS_OPTIONS)
+
+
+def _call_type(call: str) -> str | None:
+    """The message type a route implies; None for batch routes."""
+    if call in BATCH_CALLS:
+        return None
+    try:
+        return SINGLE_CALLS[call]
+    except KeyError:
+        raise NotFound(
+            "unknown_route",
+            f"/v1/{call} is not a collector route; use /v1/batch or one of "
+            f"/v1/{', /v1/'.join(name for name in SINGLE_CALLS if len(name) > 1)}.",
+        ) from None
+
+
+def _batch_timestamp(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidMessage(["sentAt: must be an ISO-8601 string"])
+    return parse_timestamp(value, "sentAt")
+
+
+def _client_message_id(item: object) -> str | None:
+    message_id = item.get("messageId") if isinstance(item, dict) else None
+    if isinstance(message_id, str | int) and not isinstance(message_id, bool):
+        return str(message_id)[:100] or None
+    return None
+
+
+def _encode_problem(exc: orjson.JSONEncodeError) -> str:
+    text = str(exc)
+    return "nested deeper than 254 levels" if "ecursion" in text else text

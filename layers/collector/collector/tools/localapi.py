@@ -1,0 +1,205 @@
+"""A local stand-in for API Gateway: HTTP in, the same REST (payload v1) proxy event to the handler.
+
+Bodies are base64-encoded as with `BinaryMediaTypes: */*`, so the Lambda's decoding path runs as on
+AWS. Routes mirror template.yaml; anything else answers like API Gateway does (403).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+# (method, resource) pairs of template.yaml's API; `{name}` is one path segment.
+ROUTES = (("POST", "/v1/{call}"), ("OPTIONS", "/v1/{call}"))
+STAGE = "prod"
+_API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LambdaContext:
+    """The attributes of the Lambda context object that Powertools reads."""
+
+    aws_request_id: str
+    function_name: str = "collector-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:collector-local"
+    log_group_name: str = "/aws/lambda/collector-local"
+    log_stream_name: str = "local"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 15_000
+
+
+def match_route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+    """The template resource a request maps to and its path parameters, as API Gateway routes."""
+    for route_method, resource in ROUTES:
+        if route_method != method:
+            continue
+        pattern = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(resource)) + "$"
+        found = re.match(pattern, path)
+        if found:
+            return resource, found.groupdict()
+    return None
+
+
+def proxy_event(
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    source_ip: str,
+) -> dict[str, Any] | None:
+    """The event API Gateway (REST API, Lambda proxy integration) sends, or None if unrouted."""
+    routed = match_route(method, path)
+    if routed is None:
+        return None
+    resource, path_parameters = routed
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in headers:
+        multi_headers.setdefault(name, []).append(value)
+    multi_query: dict[str, list[str]] = {}
+    for pair in filter(None, query.split("&")):
+        name, _, value = pair.partition("=")
+        multi_query.setdefault(name, []).append(value)
+    request_id = str(uuid.uuid4())
+    now = time.time()
+    return {
+        "resource": resource,
+        "path": path,
+        "httpMethod": method,
+        "headers": {name: values[-1] for name, values in multi_headers.items()} or None,
+        "multiValueHeaders": multi_headers or None,
+        "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": path_parameters or None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourceId": "local",
+            "resourcePath": resource,
+            "httpMethod": method,
+            "extendedRequestId": request_id,
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "path": f"/{STAGE}{path}",
+            "accountId": "000000000000",
+            "protocol": "HTTP/1.1",
+            "stage": STAGE,
+            "domainPrefix": "localhost",
+            "requestTimeEpoch": int(now * 1000),
+            "requestId": request_id,
+            "identity": {
+                "sourceIp": source_ip,
+                "userAgent": multi_headers.get("User-Agent", [None])[-1],
+                "accessKey": None,
+                "accountId": None,
+                "caller": None,
+                "user": None,
+                "userArn": None,
+                "cognitoIdentityId": None,
+            },
+            "domainName": "localhost",
+            "apiId": "local",
+        },
+        "body": base64.b64encode(body).decode() if body else None,
+        "isBase64Encoded": bool(body),
+    }
+
+
+class LocalApiGateway(ThreadingHTTPServer):
+    """Serves `handler` over HTTP, one invocation at a time, as one Lambda instance would."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Handler) -> None:
+        super().__init__(address, _RequestHandler)
+        self.handler = handler
+        self.invoke_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        with self.invoke_lock:
+            return self.handler(event, LambdaContext(aws_request_id=str(uuid.uuid4())))
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: LocalApiGateway
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self._proxy()
+
+    def do_GET(self) -> None:
+        self._proxy()
+
+    def do_OPTIONS(self) -> None:
+        self._proxy()
+
+    def do_PUT(self) -> None:
+        self._proxy()
+
+    def do_DELETE(self) -> None:
+        self._proxy()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the handler's structured logs say what happened."""
+
+    def _proxy(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _API_GATEWAY_MAX_BODY:
+            self._reply(
+                413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}'
+            )
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        path, _, query = self.path.partition("?")
+        event = proxy_event(
+            self.command, path, query, list(self.headers.items()), body, self.client_address[0]
+        )
+        if event is None:
+            self._reply(
+                403,
+                {"Content-Type": "application/json"},
+                b'{"message":"Missing Authentication Token"}',
+            )
+            return
+        try:
+            response = self.server.invoke(event)
+        except Exception:
+            # A crashed invocation: API Gateway answers 502 and the trace goes to the log.
+            traceback.print_exc()
+            self._reply(
+                502, {"Content-Type": "application/json"}, b'{"message":"Internal server error"}'
+            )
+            return
+        payload = response.get("body") or ""
+        data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
+        headers = dict(response.get("headers") or {})
+        for name, values in (response.get("multiValueHeaders") or {}).items():
+            headers[name] = ", ".join(values)
+        self._reply(int(response["statusCode"]), headers, data)
+
+    def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -1,0 +1,59 @@
+"""`collector-sources`: add, list, rotate and revoke write keys in a deployment's table.
+
+Uses the standard AWS credential chain; `--table` (or IDENTITY_TABLE) names the table, and
+AWS_ENDPOINT_URL points it at the local moto server of `make dev`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import boto3
+
+from collector.sources import SourceRegistry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="collector-sources", description=__doc__)
+    parser.add_argument("--table", default=os.environ.get("IDENTITY_TABLE"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="create a source and print its first write key")
+    add.add_argument("name")
+    commands.add_parser("list", help="list sources and their keys (ids only, never keys)")
+    rotate = commands.add_parser("rotate", help="print a new key; old keys work until revoked")
+    rotate.add_argument("name")
+    revoke = commands.add_parser("revoke", help="revoke all keys of a source, or one key")
+    revoke.add_argument("name")
+    revoke.add_argument("--key-id", help="revoke only the key whose id starts with this")
+    args = parser.parse_args(argv)
+    if not args.table:
+        parser.error("name the table with --table or IDENTITY_TABLE")
+
+    registry = SourceRegistry(boto3.client("dynamodb"), args.table)
+    try:
+        if args.command == "add":
+            source, key = registry.add(args.name)
+            print(f"source {source.name} ({source.id})\nwrite key {key}")
+            print("The key is shown once; only its hash is stored.", file=sys.stderr)
+        elif args.command == "rotate":
+            print(f"write key {registry.rotate(args.name)}")
+        elif args.command == "revoke":
+            for record in registry.revoke(args.name, args.key_id):
+                print(f"revoked key {record.key_id} of {record.source.name}")
+        else:
+            for record in sorted(registry.records(), key=lambda r: (r.source.name, r.created_at)):
+                state = f"revoked {record.revoked_at}" if record.revoked_at else "live"
+                print(
+                    f"{record.source.name}\t{record.source.id}\tkey {record.key_id}\t"
+                    f"created {record.created_at}\t{state}"
+                )
+    except (ValueError, LookupError) as exc:
+        print(f"collector-sources: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
