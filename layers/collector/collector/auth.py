@@ -65,17 +65,23 @@ def _basic_username(authorization: str) -> str:
 
 
 class SourceCache:
-    """Resolves write keys to sources, remembering answers (unknown keys too) for `ttl` seconds."""
+    """Resolves write keys to sources, remembering answers (unknown keys too) for `ttl` seconds.
+
+    At most `max_entries` are kept, oldest out first, so a flood of made-up keys cannot grow a
+    warm Lambda's memory.
+    """
 
     def __init__(
         self,
         lookup: Callable[[str], Source | None],
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
     ) -> None:
         self._lookup = lookup
         self._ttl = ttl
         self._clock = clock
+        self._max_entries = max_entries
         self._entries: dict[str, tuple[float, Source | None]] = {}
 
     def source_for(self, write_key: str) -> Source:
@@ -84,6 +90,9 @@ class SourceCache:
         entry = self._entries.get(key_hash)
         if entry is None or entry[0] <= now:
             entry = (now + self._ttl, self._lookup(key_hash))
+            self._entries.pop(key_hash, None)
+            if len(self._entries) >= self._max_entries:
+                del self._entries[next(iter(self._entries))]
             self._entries[key_hash] = entry
         if entry[1] is None:
             raise Unauthorized("unknown_write_key", "The write key is unknown or revoked.")

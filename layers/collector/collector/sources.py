@@ -13,6 +13,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .auth import Source, hash_write_key
 from .errors import StorageUnavailable
 
+# The shortest key-id prefix `revoke` accepts, so a typo cannot revoke every key at once.
+MIN_KEY_ID = 6
 # All keys live in one item collection: the Lambda reads one item, the CLI queries them all.
 _PARTITION = "writekey"
 
@@ -70,7 +72,9 @@ class SourceRegistry:
         return self._issue_key(self._source_named(name), None)
 
     def revoke(self, name: str, key_id: str | None = None) -> list[WriteKeyRecord]:
-        """Revoke every live key of a source, or only the key whose id starts with `key_id`."""
+        """Revoke every live key of a source, or only the one key whose id starts with `key_id`."""
+        if key_id is not None and len(key_id) < MIN_KEY_ID:
+            raise ValueError(f"a key id has at least {MIN_KEY_ID} characters (see `list`)")
         matching = [
             record
             for record in self.records()
@@ -80,6 +84,8 @@ class SourceRegistry:
         ]
         if not matching:
             raise LookupError(f"no live key for source {name!r}")
+        if key_id is not None and len(matching) > 1:
+            raise ValueError(f"key id {key_id!r} matches {len(matching)} keys; give more of it")
         now = _now()
         for record in matching:
             self._dynamodb.update_item(

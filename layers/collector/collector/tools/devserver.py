@@ -53,6 +53,13 @@ def main() -> None:
     SourceRegistry(dynamodb, table).add("dev", write_key)
 
     server = LocalApiGateway(("127.0.0.1", port), lambda_handler)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever, so it must run off the serving thread.
+        threading.Thread(target=server.shutdown).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print(
         f"collector  {server.url}  (POST /v1/batch, /v1/track, ...)\n"
         f"write key  {write_key}\n"
@@ -62,12 +69,6 @@ def main() -> None:
         flush=True,
     )
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        # shutdown() waits for serve_forever, so it must run off the serving thread.
-        threading.Thread(target=server.shutdown).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     try:
         server.serve_forever()
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -71,8 +72,7 @@ def proxy_event(
     for name, value in headers:
         multi_headers.setdefault(name, []).append(value)
     multi_query: dict[str, list[str]] = {}
-    for pair in filter(None, query.split("&")):
-        name, _, value = pair.partition("=")
+    for name, value in parse_qsl(query, keep_blank_values=True):
         multi_query.setdefault(name, []).append(value)
     request_id = str(uuid.uuid4())
     now = time.time()
@@ -101,7 +101,9 @@ def proxy_event(
             "requestId": request_id,
             "identity": {
                 "sourceIp": source_ip,
-                "userAgent": multi_headers.get("User-Agent", [None])[-1],
+                "userAgent": next(
+                    (v[-1] for k, v in multi_headers.items() if k.lower() == "user-agent"), None
+                ),
                 "accessKey": None,
                 "accountId": None,
                 "caller": None,

@@ -11,6 +11,7 @@ import os
 import sys
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
 from collector.sources import SourceRegistry
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
     except (ValueError, LookupError) as exc:
         print(f"collector-sources: {exc}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError) as exc:
+        print(f"collector-sources: AWS refused or failed: {exc}", file=sys.stderr)
         return 1
     return 0
 
