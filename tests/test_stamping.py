@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.ingest import serialise
-from collector.stamping import RequestStamp, stamp
+from collector.ingest import process
+from collector.stamping import RequestStamp
 from collector.validation import InvalidMessage, validate_messages
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, 0, 250000, tzinfo=UTC)
@@ -21,12 +21,10 @@ RECEIVED = datetime(2026, 11, 22, 12, 0, 0, 250000, tzinfo=UTC)
 def stamped(message: dict[str, Any], **request: Any) -> dict[str, Any]:
     """The message as stored (serialised and read back), timestamps parsed for comparison."""
     item = {"type": "track", "event": "E", "userId": "u", **message}
-    [validated] = validate_messages([item])
-    assert isinstance(validated, dict), validated
     defaults: dict[str, Any] = {"source_id": "src", "request_id": "req", "ip": "198.51.100.7"}
-    line = serialise(
-        stamp(validated, RequestStamp(RECEIVED, **{**defaults, **request})), item, 32768
-    )
+    processed = process([item], RequestStamp(RECEIVED, **{**defaults, **request}), 32768)
+    assert not processed.rejected, processed.rejected
+    [line] = processed.lines
     stored: dict[str, Any] = orjson.loads(line)
     for field in ("timestamp", "originalTimestamp", "sentAt", "receivedAt"):
         if field in stored:
@@ -99,10 +97,20 @@ def test_timestamps_are_read_as_utc(sent: str, expected: datetime) -> None:
     assert stamped({"timestamp": sent})["originalTimestamp"] == expected
 
 
-def test_invalid_timestamp_is_a_precise_rejection() -> None:
-    with pytest.raises(InvalidMessage) as raised:
-        stamped({"sentAt": "last tuesday"})
-    assert raised.value.reasons == ["sentAt: 'last tuesday' is not an ISO-8601 date-time"]
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("sentAt", "last tuesday", "sentAt: 'last tuesday' is not an ISO-8601 date-time"),
+        ("timestamp", 1700000000, "timestamp: '1700000000' is not an ISO-8601 date-time"),
+        ("timestamp", "0001-01-01T00:00:00Z", "is outside the years 1900-2199"),
+        ("originalTimestamp", "9999-12-31T23:59:59Z", "is outside the years 1900-2199"),
+    ],
+)
+def test_invalid_timestamp_is_a_precise_rejection(field: str, value: object, reason: str) -> None:
+    [result] = validate_messages([{"type": "track", "event": "E", "userId": "u", field: value}])
+    assert isinstance(result, InvalidMessage)
+    [text] = result.reasons
+    assert reason in text
 
 
 def test_message_id_is_generated_only_when_missing() -> None:

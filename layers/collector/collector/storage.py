@@ -24,11 +24,8 @@ _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
 def fingerprint(source_id: str, message_ids: Iterable[str]) -> str:
     """The identity of a request: its source and its messages' ids, in order."""
-    digest = hashlib.sha256(source_id.encode())
-    for message_id in message_ids:
-        digest.update(b"\0")
-        digest.update(message_id.encode())
-    return digest.hexdigest()[:32]
+    text = "\0".join((source_id, *message_ids))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def object_key(prefix: str, received_at: datetime, request_fingerprint: str) -> str:

@@ -10,6 +10,7 @@ from pydantic_core import ErrorDetails
 from typing_extensions import TypedDict
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 
 # Numbers are accepted wherever an id is expected and stored as strings, as Segment does.
 _CONFIG = ConfigDict(extra="allow", coerce_numbers_to_str=True)
@@ -18,7 +19,7 @@ MessageId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Name = Annotated[str, StringConstraints(min_length=1)]
 # Checked, not copied: stamping copies the one object it changes (context).
 JsonObject = InstanceOf[dict]  # type: ignore[type-arg]
-# ISO-8601 strings; parse_timestamp reads them where they are used (stamping).
+# ISO-8601 strings, turned into datetimes by parse_timestamp after pydantic (see there).
 Timestamp = str
 
 
@@ -93,29 +94,49 @@ def validate_messages(items: list[Any]) -> list[dict[str, Any] | InvalidMessage]
         validated: list[Any] = _MESSAGES.validate_python(items)
     except ValidationError:
         validated = [_validate_alone(item) for item in items]
-    # The rule the schema cannot express: whom the message is about.
     for index, message in enumerate(validated):
-        if isinstance(message, dict) and message.get("userId") is None:
-            if message["type"] == "alias":
-                validated[index] = InvalidMessage(
-                    ["userId: required for alias (the id previousId becomes)"]
-                )
-            elif message.get("anonymousId") is None:
-                validated[index] = InvalidMessage(["userId or anonymousId is required"])
+        if isinstance(message, dict):
+            try:
+                _check_identity(message)
+                _parse_timestamps(message)
+            except InvalidMessage as exc:
+                validated[index] = exc
     return validated
 
 
 def parse_timestamp(value: object, field: str) -> datetime:
-    """An ISO-8601 date-time as an aware datetime in UTC; one without an offset is taken as UTC."""
+    """An ISO-8601 date-time as an aware datetime in UTC; one without an offset is taken as UTC.
+
+    Years outside 1900-2199 are refused, which also keeps the skew arithmetic from overflowing.
+    """
     if not isinstance(value, str):
         raise InvalidMessage([f"{field}: must be an ISO-8601 date-time string"])
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidMessage([f"{field}: {value[:40]!r} is not an ISO-8601 date-time"]) from None
+    if not 1900 <= moment.year < 2200:
+        raise InvalidMessage([f"{field}: {value[:40]!r} is outside the years 1900-2199"])
     if moment.tzinfo is UTC:
         return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _check_identity(message: dict[str, Any]) -> None:
+    """The rule the schema cannot express: whom the message is about."""
+    if message.get("userId") is None:
+        if message["type"] == "alias":
+            raise InvalidMessage(["userId: required for alias (the id previousId becomes)"])
+        if message.get("anonymousId") is None:
+            raise InvalidMessage(["userId or anonymousId is required"])
+
+
+def _parse_timestamps(message: dict[str, Any]) -> None:
+    get = message.get
+    for field in TIMESTAMP_FIELDS:
+        value = get(field)
+        if value is not None:
+            message[field] = parse_timestamp(value, field)
 
 
 def _validate_alone(item: object) -> dict[str, Any] | InvalidMessage:
