@@ -58,11 +58,12 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    api.settings.cache_clear()
-    api.collector.cache_clear()
+    caches = (api.settings, api.collector, api.identity_graph)
+    for cached in caches:
+        cached.cache_clear()
     yield
-    api.settings.cache_clear()
-    api.collector.cache_clear()
+    for cached in caches:
+        cached.cache_clear()
 
 
 @pytest.fixture

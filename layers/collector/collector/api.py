@@ -23,6 +23,8 @@ from botocore.config import Config
 from .auth import SourceCache
 from .config import Settings
 from .errors import RequestRefused, StorageUnavailable
+from .identity import BLOCKED_ANY_CASE
+from .identity_store import IdentityGraph
 from .ingest import Collector, IncomingRequest, IngestResult
 from .sources import SourceRegistry
 from .storage import EventStore
@@ -53,14 +55,27 @@ def settings() -> Settings:
 @cache
 def collector() -> Collector:
     """Built on first use, then reused by every request the warm Lambda serves."""
+    config = settings()
     session = boto3.session.Session()
-    registry = SourceRegistry(
-        session.client("dynamodb", config=_AWS_CONFIG), settings().identity_table
-    )
+    dynamodb = session.client("dynamodb", config=_AWS_CONFIG)
+    registry = SourceRegistry(dynamodb, config.identity_table)
     return Collector(
-        settings(),
-        SourceCache(registry.lookup, settings().source_cache_seconds),
-        EventStore(session.client("s3", config=_AWS_CONFIG), settings().events_bucket),
+        config,
+        SourceCache(registry.lookup, config.source_cache_seconds),
+        EventStore(session.client("s3", config=_AWS_CONFIG), config.events_bucket),
+        identity_graph(),
+    )
+
+
+@cache
+def identity_graph() -> IdentityGraph:
+    config = settings()
+    extra_blocked = {value.strip().casefold() for value in config.identity_blocked_ids.split(",")}
+    return IdentityGraph(
+        boto3.session.Session().client("dynamodb", config=_AWS_CONFIG),
+        config.identity_table,
+        max_ids=config.identity_max_ids,
+        blocked=BLOCKED_ANY_CASE | (extra_blocked - {""}),
     )
 
 
@@ -69,6 +84,18 @@ def telemetry() -> Response[Any]:
     """analytics.js posts its own usage metrics here; they are accepted and discarded."""
     metrics.add_metric(name="DiscardedTelemetry", unit=MetricUnit.Count, value=1)
     return _json(200, {"success": True})
+
+
+@app.get("/v1/identities/<distinct_id>")
+def identity(distinct_id: str) -> Response[Any]:
+    """Who `distinct_id` is. Personal data: on AWS this route takes IAM (SigV4), not write keys."""
+    view = identity_graph().view(distinct_id)
+    if view is None:
+        return _json(
+            404,
+            {"success": False, "code": "unknown_id", "message": "No person has this distinct id."},
+        )
+    return _json(200, view.as_json())
 
 
 @app.post("/v1/<call>")
@@ -172,11 +199,15 @@ def _record(result: IngestResult) -> None:
             "rejected": [rejection.as_json() for rejection in result.rejected],
             "bytes": result.stored_bytes,
             "duplicate": result.duplicate,
+            "identity": dict(result.identity_outcomes),
         },
     )
     metrics.add_metric(name="AcceptedMessages", unit=MetricUnit.Count, value=result.accepted)
     metrics.add_metric(name="RejectedMessages", unit=MetricUnit.Count, value=len(result.rejected))
     metrics.add_metric(name="RequestBytes", unit=MetricUnit.Bytes, value=result.stored_bytes)
+    for outcome, count in result.identity_outcomes.items():
+        if outcome.startswith("refused"):
+            metrics.add_metric(name="IdentityRefusals", unit=MetricUnit.Count, value=count)
     for message_type, count in result.per_type.items():
         with single_metric(
             name="AcceptedMessages",

@@ -21,6 +21,10 @@ class Settings:
     dedupe_lookback_hours: int = 24
     retry_after_seconds: int = 5
     gzip_level: int = 5
+    # Identity: a person may hold at most this many distinct ids; a merge past it is refused.
+    identity_max_ids: int = 1000
+    # Comma-separated ids refused for identity, on top of the built-in placeholder list.
+    identity_blocked_ids: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

@@ -1,0 +1,407 @@
+"""The identity graph in DynamoDB: reads a call's two persons, applies `identity.decide`, writes
+the plan in one conditional transaction, and re-reads and decides again when another writer won.
+
+Items (one table, pk/sk):
+  ID#<distinct id> / ID             personId        a person lookup is one read
+  PERSON#<person> / PERSON          isIdentified, idCount, personVersion, createdAt, mergingInto?
+  PERSON#<person> / ID#<distinct id>                a person's ids are one query
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import StorageUnavailable
+from .identity import (
+    BLOCKED_ANY_CASE,
+    DEFAULT_MAX_IDS_PER_PERSON,
+    Decision,
+    IdentityCall,
+    Person,
+    decide,
+    refusal_reason,
+)
+
+# DynamoDB allows 100 items per transaction; a moved id takes three (pointer, old and new
+# membership) and the two person headers take two.
+_IDS_PER_TRANSACTION = 32
+_WARM_CACHE_LIMIT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class PersonView:
+    """What GET /v1/identities answers."""
+
+    person_id: str
+    identified: bool
+    distinct_ids: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "personId": self.person_id,
+            "identified": self.identified,
+            "distinctIds": self.distinct_ids,
+        }
+
+
+class _Conflict(Exception):
+    """Another writer changed a person between our read and our write."""
+
+
+class IdentityGraph:
+    """Applies identify and alias calls; safe against concurrent Lambdas on the same ids."""
+
+    def __init__(
+        self,
+        dynamodb: Any,
+        table: str,
+        max_ids: int = DEFAULT_MAX_IDS_PER_PERSON,
+        blocked: frozenset[str] = BLOCKED_ANY_CASE,
+        attempts: int = 5,
+    ) -> None:
+        self._db = dynamodb
+        self._table = table
+        self._max_ids = max_ids
+        self._blocked = blocked
+        self._attempts = attempts
+        # Links only ever join clusters, so "x and y are one person" and "x is identified"
+        # stay true: a warm Lambda answers repeats of them without DynamoDB.
+        self._cluster_of: dict[str, str] = {}
+        self._identified: set[str] = set()
+
+    def resolve(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The outcome of a validated identify or alias message (it has a userId)."""
+        return self.apply(IdentityCall.from_message(message))
+
+    def apply(self, call: IdentityCall) -> dict[str, Any]:
+        """Decide and write one call; returns the outcome stored with its event."""
+        user_refusal = refusal_reason(call.user_id, self._blocked)
+        if user_refusal is not None:
+            return _outcome(call, "refused", None, f"userId {user_refusal}")
+        source_refusal = None
+        if call.source_id is not None:
+            source_refusal = refusal_reason(call.source_id, self._blocked)
+            if source_refusal is not None:
+                call = replace(call, source_id=None)
+        cached = self._cached(call)
+        if cached is not None and source_refusal is None:
+            return _outcome(call, "already_linked", cached)
+        for _ in range(self._attempts):
+            target, source = self._persons(call.user_id, call.source_id)
+            decision = decide(call, target, source, self._max_ids)
+            try:
+                person_id = self._write(decision, call, target, source)
+            except _Conflict:
+                continue
+            self._remember(call, decision, person_id)
+            if source_refusal is not None:
+                return _outcome(call, "refused", person_id, f"sourceId {source_refusal}")
+            return _outcome(call, decision.outcome, person_id, decision.reason)
+        return _outcome(call, "refused", None, "merge_race_condition")
+
+    def view(self, distinct_id: str) -> PersonView | None:
+        """The person `distinct_id` belongs to: one read and one query."""
+        for _ in range(self._attempts):
+            person_id = self._person_id(distinct_id)
+            if person_id is None:
+                return None
+            items = list(self._query_person(person_id))
+            header = next((item for item in items if item["sk"]["S"] == "PERSON"), None)
+            if header is not None and "mergingInto" not in header:
+                ids = [item["sk"]["S"][3:] for item in items if item["sk"]["S"].startswith("ID#")]
+                return PersonView(person_id, header["isIdentified"]["BOOL"], sorted(ids))
+            self._persons(distinct_id, None)  # finishes a merge left half done
+        raise StorageUnavailable("identity graph kept changing while being read")
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _persons(self, user_id: str, source_id: str | None) -> tuple[Person | None, Person | None]:
+        ids = [user_id] if source_id is None else [user_id, source_id]
+        pointers = self._get_many([_id_key(distinct_id) for distinct_id in ids])
+        person_ids = {
+            item["pk"]["S"][3:]: item["personId"]["S"] for item in pointers if "personId" in item
+        }
+        wanted = sorted(set(person_ids.values()))
+        headers = {
+            item["pk"]["S"][7:]: item for item in self._get_many([_person_key(p) for p in wanted])
+        }
+        for person_id, header in headers.items():
+            if "mergingInto" in header:
+                self._finish_merge(person_id, header["mergingInto"]["S"])
+                return self._persons(user_id, source_id)
+        persons = {person_id: _person(header) for person_id, header in headers.items()}
+        target = persons.get(person_ids.get(user_id, ""))
+        source = persons.get(person_ids.get(source_id, "")) if source_id is not None else None
+        return target, source
+
+    def _person_id(self, distinct_id: str) -> str | None:
+        item = self._call(
+            "get_item", TableName=self._table, Key=_id_key(distinct_id), ConsistentRead=True
+        ).get("Item")
+        return None if item is None else str(item["personId"]["S"])
+
+    def _get_many(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not keys:
+            return []
+        request = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        found: list[dict[str, Any]] = []
+        while request:
+            answer = self._call("batch_get_item", RequestItems=request)
+            found.extend(answer["Responses"].get(self._table, []))
+            request = answer.get("UnprocessedKeys") or {}
+        return found
+
+    def _query_person(self, person_id: str, ids_only: bool = False) -> Iterator[dict[str, Any]]:
+        condition = "pk = :pk AND begins_with(sk, :id)" if ids_only else "pk = :pk"
+        values = {":pk": {"S": f"PERSON#{person_id}"}}
+        if ids_only:
+            values[":id"] = {"S": "ID#"}
+        arguments: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._call("query", **arguments)
+            yield from page["Items"]
+            if "LastEvaluatedKey" not in page:
+                return
+            arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _write(
+        self, decision: Decision, call: IdentityCall, target: Person | None, source: Person | None
+    ) -> str | None:
+        """Carry out `decision`; returns the person id the call's user id ends up in."""
+        if decision.create:
+            person_id = uuid.uuid4().hex
+            self._transact(_create(person_id, decision.create, decision.identify))
+            return person_id
+        if decision.attach:
+            person = target or source
+            assert person is not None
+            self._transact(_grow(person, decision.attach, decision.identify))
+            return person.id
+        if decision.merge:
+            assert target is not None and source is not None
+            self._merge(source, target, decision.identify)
+            return target.id
+        if decision.identify:
+            assert target is not None
+            self._transact([_update_header(target, 0, identify=True)])
+        return target.id if target else (source.id if source else None)
+
+    def _merge(self, source: Person, target: Person, identify: bool) -> None:
+        """Move every id of `source` into `target`: one transaction when it fits, else a locked
+        source moved in chunks, which any later reader finishes if this Lambda stops midway."""
+        moved = [item["sk"]["S"][3:] for item in self._query_person(source.id, ids_only=True)]
+        if len(moved) != source.size:
+            raise _Conflict
+        grow_target = _update_header(target, len(moved), identify)
+        if len(moved) <= _IDS_PER_TRANSACTION:
+            self._transact(
+                [
+                    *_move(moved, source.id, target.id),
+                    {"Delete": {"Key": _person_key(source.id), **_condition_version(source)}},
+                    grow_target,
+                ]
+            )
+            return
+        lock = {
+            "Update": {
+                "Key": _person_key(source.id),
+                "UpdateExpression": "SET mergingInto = :target",
+                **_condition_version(source, {":target": {"S": target.id}}),
+            }
+        }
+        self._transact([lock, grow_target])
+        self._finish_merge(source.id, target.id)
+
+    def _finish_merge(self, source_id: str, target_id: str) -> None:
+        locked = {
+            "ConditionExpression": "mergingInto = :target",
+            "ExpressionAttributeValues": {":target": {"S": target_id}},
+        }
+        while True:
+            chunk = []
+            for item in self._query_person(source_id, ids_only=True):
+                chunk.append(item["sk"]["S"][3:])
+                if len(chunk) == _IDS_PER_TRANSACTION:
+                    break
+            if not chunk:
+                break
+            check = {"ConditionCheck": {"Key": _person_key(source_id), **locked}}
+            try:
+                self._transact([*_move(chunk, source_id, target_id), check])
+            except _Conflict:
+                continue  # another reader moved this chunk first
+        with suppress(_Conflict):  # another reader finished it
+            self._transact([{"Delete": {"Key": _person_key(source_id), **locked}}])
+
+    def _transact(self, items: list[dict[str, Any]]) -> None:
+        """One all-or-nothing write; a failed condition means someone else wrote first."""
+        with_table = [
+            {operation: {**body, "TableName": self._table}}
+            for item in items
+            for operation, body in item.items()
+        ]
+        try:
+            self._db.transact_write_items(TransactItems=with_table)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+                raise _Conflict from exc
+            raise StorageUnavailable(f"DynamoDB TransactWriteItems failed: {code}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"DynamoDB failed: {type(exc).__name__}") from exc
+
+    def _call(self, operation: str, **arguments: Any) -> Any:
+        try:
+            return getattr(self._db, operation)(**arguments)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"DynamoDB {operation} failed: {type(exc).__name__}") from exc
+
+    # --- the warm cache -----------------------------------------------------------------------
+
+    def _cached(self, call: IdentityCall) -> str | None:
+        person = self._cluster_of.get(call.user_id)
+        if person is None:
+            return None
+        if call.kind == "identify" and call.user_id not in self._identified:
+            return None
+        if call.source_id is not None and self._cluster_of.get(call.source_id) != person:
+            return None
+        return person
+
+    def _remember(self, call: IdentityCall, decision: Decision, person_id: str | None) -> None:
+        """Cache what can never become false: ids sharing an identified person."""
+        if person_id is None or decision.outcome == "refused":
+            return
+        if call.kind != "identify" and not decision.identify:
+            return
+        if len(self._cluster_of) >= _WARM_CACHE_LIMIT:
+            self._cluster_of.clear()
+            self._identified.clear()
+        for distinct_id in (call.user_id, call.source_id):
+            if distinct_id is not None:
+                self._cluster_of[distinct_id] = person_id
+                self._identified.add(distinct_id)
+
+
+def _outcome(
+    call: IdentityCall, outcome: str, person_id: str | None, reason: str | None = None
+) -> dict[str, Any]:
+    """The record stored with the event: enough to rebuild the graph from S3 alone."""
+    record: dict[str, Any] = {"outcome": outcome, "personId": person_id}
+    if reason is not None:
+        record["reason"] = reason
+    if call.force:
+        record["forced"] = True
+    return record
+
+
+def _person(header: dict[str, Any]) -> Person:
+    return Person(
+        id=header["pk"]["S"][7:],
+        identified=header["isIdentified"]["BOOL"],
+        size=int(header["idCount"]["N"]),
+        version=int(header["personVersion"]["N"]),
+    )
+
+
+def _id_key(distinct_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"ID#{distinct_id}"}, "sk": {"S": "ID"}}
+
+
+def _person_key(person_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"PERSON#{person_id}"}, "sk": {"S": "PERSON"}}
+
+
+def _membership_key(person_id: str, distinct_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"PERSON#{person_id}"}, "sk": {"S": f"ID#{distinct_id}"}}
+
+
+def _condition_version(
+    person: Person, extra_values: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "ConditionExpression": "personVersion = :version AND attribute_not_exists(mergingInto)",
+        "ExpressionAttributeValues": {
+            ":version": {"N": str(person.version)},
+            **(extra_values or {}),
+        },
+    }
+
+
+def _new_pointers(person_id: str, ids: tuple[str, ...]) -> list[dict[str, Any]]:
+    """An id joins a person: its pointer (only if it has none yet) and its membership."""
+    items: list[dict[str, Any]] = []
+    for distinct_id in ids:
+        pointer = {**_id_key(distinct_id), "personId": {"S": person_id}}
+        items.append({"Put": {"Item": pointer, "ConditionExpression": "attribute_not_exists(pk)"}})
+        items.append({"Put": {"Item": _membership_key(person_id, distinct_id)}})
+    return items
+
+
+def _create(person_id: str, ids: tuple[str, ...], identified: bool) -> list[dict[str, Any]]:
+    header = {
+        **_person_key(person_id),
+        "isIdentified": {"BOOL": identified},
+        "idCount": {"N": str(len(ids))},
+        "personVersion": {"N": "1"},
+        "createdAt": {"S": datetime.now(UTC).isoformat(timespec="milliseconds")},
+    }
+    put_header = {"Put": {"Item": header, "ConditionExpression": "attribute_not_exists(pk)"}}
+    return [*_new_pointers(person_id, ids), put_header]
+
+
+def _grow(person: Person, ids: tuple[str, ...], identify: bool) -> list[dict[str, Any]]:
+    return [*_new_pointers(person.id, ids), _update_header(person, len(ids), identify)]
+
+
+def _update_header(person: Person, added: int, identify: bool) -> dict[str, Any]:
+    """Bump a person's version (and size, and identified) if nobody changed it since our read."""
+    # Attribute names are compound words: DynamoDB reserves plain ones like SIZE or IDENTIFIED.
+    assignments = "idCount = idCount + :added, personVersion = personVersion + :one"
+    values: dict[str, Any] = {":added": {"N": str(added)}, ":one": {"N": "1"}}
+    if identify:
+        assignments += ", isIdentified = :true"
+        values[":true"] = {"BOOL": True}
+    return {
+        "Update": {
+            "Key": _person_key(person.id),
+            "UpdateExpression": f"SET {assignments}",
+            **_condition_version(person, values),
+        }
+    }
+
+
+def _move(ids: list[str], source_id: str, target_id: str) -> list[dict[str, Any]]:
+    """Repoint ids from source to target (each only if it still points at source)."""
+    items: list[dict[str, Any]] = []
+    for distinct_id in ids:
+        items.append(
+            {
+                "Update": {
+                    "Key": _id_key(distinct_id),
+                    "UpdateExpression": "SET personId = :target",
+                    "ConditionExpression": "personId = :source",
+                    "ExpressionAttributeValues": {
+                        ":target": {"S": target_id},
+                        ":source": {"S": source_id},
+                    },
+                }
+            }
+        )
+        items.append({"Delete": {"Key": _membership_key(source_id, distinct_id)}})
+        items.append({"Put": {"Item": _membership_key(target_id, distinct_id)}})
+    return items
