@@ -73,32 +73,36 @@ def send_all_calls(client: Any, happened: datetime) -> dict[str, str]:
     return {message_id: kind for kind, message_id in ids.items()}
 
 
-@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
-def test_segment_client_delivers_every_call_stamped(
-    server: LocalApiGateway, aws: Aws, write_key: str, gzip: bool
-) -> None:
+def deliver_all_calls(
+    client_class: Any, aws: Aws, happened: datetime, **options: Any
+) -> list[dict[str, Any]]:
+    """Send one call of each type with a real client; the stored events, stamps checked."""
     errors: list[Exception] = []
-    client = SegmentClient(
-        write_key,
-        host=server.url,
-        gzip=gzip,
-        max_retries=0,
-        on_error=lambda error, _batch: errors.append(error),
-    )
-    # analytics-python sends milliseconds.
-    happened = datetime.now(UTC).replace(microsecond=123000) - timedelta(days=3)
+    client = client_class(max_retries=0, on_error=lambda error, _: errors.append(error), **options)
     before = datetime.now(UTC)
     sent = send_all_calls(client, happened)
     after = datetime.now(UTC)
     client.shutdown()
-
     assert errors == []
     events = aws.stored()
     assert {event["messageId"]: event["type"] for event in events} == sent
-    by_type = {event["type"]: event for event in events}
     for event in events:
         assert_stamped(event, sent_after=before, sent_before=after, happened=happened)
         assert event["context"]["ip"] == "127.0.0.1"
+    return events
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_segment_client_delivers_every_call_stamped(
+    server: LocalApiGateway, aws: Aws, write_key: str, gzip: bool
+) -> None:
+    # analytics-python sends milliseconds.
+    happened = datetime.now(UTC).replace(microsecond=123000) - timedelta(days=3)
+    events = deliver_all_calls(
+        SegmentClient, aws, happened, write_key=write_key, host=server.url, gzip=gzip
+    )
+    by_type = {event["type"]: event for event in events}
+    for event in events:
         assert event["context"]["library"]["name"] == "analytics-python"
         assert event["collector"]["sourceId"]
         assert "writeKey" not in event
@@ -122,27 +126,11 @@ def test_segment_client_delivers_every_call_stamped(
 def test_rudder_client_delivers_gzip_with_basic_auth(
     server: LocalApiGateway, aws: Aws, write_key: str
 ) -> None:
-    errors: list[Exception] = []
-    client = RudderClient(
-        write_key,
-        host=server.url,
-        max_retries=0,
-        on_error=lambda error, _batch: errors.append(error),
-    )
     happened = datetime.now(UTC).replace(microsecond=654321) - timedelta(hours=5)
-    before = datetime.now(UTC)
-    sent = send_all_calls(client, happened)
-    after = datetime.now(UTC)
-    client.shutdown()
-
-    assert errors == []
-    events = aws.stored()
-    assert {event["messageId"]: event["type"] for event in events} == sent
+    events = deliver_all_calls(RudderClient, aws, happened, write_key=write_key, host=server.url)
     for event in events:
-        assert_stamped(event, sent_after=before, sent_before=after, happened=happened)
         assert event["channel"] == "server"
         assert event["integrations"] == {"All": True}
-        assert event["context"]["ip"] == "127.0.0.1"
 
 
 def test_client_with_unknown_key_stores_nothing(server: LocalApiGateway, aws: Aws) -> None:

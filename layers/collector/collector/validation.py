@@ -46,18 +46,18 @@ class Track(_Common, total=False):
     properties: JsonObject | None
 
 
-class Page(_Common, total=False):
+class _View(_Common, total=False):
+    name: str | None
+    category: str | None
+    properties: JsonObject | None
+
+
+class Page(_View, total=False):
     type: Required[Literal["page"]]
-    name: str | None
-    category: str | None
-    properties: JsonObject | None
 
 
-class Screen(_Common, total=False):
+class Screen(_View, total=False):
     type: Required[Literal["screen"]]
-    name: str | None
-    category: str | None
-    properties: JsonObject | None
 
 
 class Group(_Common, total=False):
