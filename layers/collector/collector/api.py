@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from functools import cache
 from typing import Any
+from urllib.parse import unquote
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, single_metric
@@ -76,6 +77,7 @@ def identity_graph() -> IdentityGraph:
         config.identity_table,
         max_ids=config.identity_max_ids,
         blocked=BLOCKED_ANY_CASE | (extra_blocked - {""}),
+        cache_seconds=config.identity_cache_seconds,
     )
 
 
@@ -89,7 +91,8 @@ def telemetry() -> Response[Any]:
 @app.get("/v1/identities/<distinct_id>")
 def identity(distinct_id: str) -> Response[Any]:
     """Who `distinct_id` is. Personal data: on AWS this route takes IAM (SigV4), not write keys."""
-    view = identity_graph().view(distinct_id)
+    # Powertools matches the raw path, which API Gateway (REST) leaves percent-encoded.
+    view = identity_graph().view(unquote(distinct_id))
     if view is None:
         return _json(
             404,

@@ -25,6 +25,8 @@ class Settings:
     identity_max_ids: int = 1000
     # Comma-separated ids refused for identity, on top of the built-in placeholder list.
     identity_blocked_ids: str = ""
+    # How long a warm Lambda trusts a settled link's person id (a forced merge can change it).
+    identity_cache_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

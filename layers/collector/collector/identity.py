@@ -20,7 +20,8 @@ BLOCKED_ANY_CASE = frozenset(
 )  # fmt: skip
 MAX_ID_LENGTH = 400
 _ZEROS_AND_DASHES = re.compile(r"[0-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and C1: every character Unicode classes as a control character.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 DEFAULT_MAX_IDS_PER_PERSON = 1000
 
 Outcome = Literal["created", "attached", "merged", "identified", "already_linked", "refused"]

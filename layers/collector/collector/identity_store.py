@@ -3,14 +3,16 @@ the plan in one conditional transaction, and re-reads and decides again when ano
 
 Items (one table, pk/sk):
   ID#<distinct id> / ID             personId        a person lookup is one read
-  PERSON#<person> / PERSON          isIdentified, idCount, personVersion, createdAt, mergingInto?
+  PERSON#<person> / PERSON          isIdentified, idCount, personVersion, createdAt,
+                                    mergingInto? / absorbing? (a large merge under way)
   PERSON#<person> / ID#<distinct id>                a person's ids are one query
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -65,16 +67,20 @@ class IdentityGraph:
         max_ids: int = DEFAULT_MAX_IDS_PER_PERSON,
         blocked: frozenset[str] = BLOCKED_ANY_CASE,
         attempts: int = 5,
+        cache_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = dynamodb
         self._table = table
         self._max_ids = max_ids
         self._blocked = blocked
         self._attempts = attempts
-        # Links only ever join clusters, so "x and y are one person" and "x is identified"
-        # stay true: a warm Lambda answers repeats of them without DynamoDB.
-        self._cluster_of: dict[str, str] = {}
-        self._identified: set[str] = set()
+        # Links only ever join clusters, so "x and y are one identified person" stays true and a
+        # warm Lambda answers repeats of it without DynamoDB. Only the person's *id* can change
+        # (a forced merge elsewhere), so entries expire: distinct id -> (person id, expiry).
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._settled: dict[str, tuple[str, float]] = {}
 
     def resolve(self, message: dict[str, Any]) -> dict[str, Any]:
         """The outcome of a validated identify or alias message (it has a userId)."""
@@ -91,7 +97,9 @@ class IdentityGraph:
             if source_refusal is not None:
                 call = replace(call, source_id=None)
         cached = self._cached(call)
-        if cached is not None and source_refusal is None:
+        if cached is not None:
+            if source_refusal is not None:
+                return _outcome(call, "refused", cached, f"sourceId {source_refusal}")
             return _outcome(call, "already_linked", cached)
         for _ in range(self._attempts):
             target, source = self._persons(call.user_id, call.source_id)
@@ -114,7 +122,7 @@ class IdentityGraph:
                 return None
             items = list(self._query_person(person_id))
             header = next((item for item in items if item["sk"]["S"] == "PERSON"), None)
-            if header is not None and "mergingInto" not in header:
+            if header is not None and not _finish_first(header):
                 ids = [item["sk"]["S"][3:] for item in items if item["sk"]["S"].startswith("ID#")]
                 return PersonView(person_id, header["isIdentified"]["BOOL"], sorted(ids))
             self._persons(distinct_id, None)  # finishes a merge left half done
@@ -132,9 +140,9 @@ class IdentityGraph:
         headers = {
             item["pk"]["S"][7:]: item for item in self._get_many([_person_key(p) for p in wanted])
         }
-        for person_id, header in headers.items():
-            if "mergingInto" in header:
-                self._finish_merge(person_id, header["mergingInto"]["S"])
+        for header in headers.values():
+            if (pending := _finish_first(header)) is not None:
+                self._finish_merge(*pending)
                 return self._persons(user_id, source_id)
         persons = {person_id: _person(header) for person_id, header in headers.items()}
         target = persons.get(person_ids.get(user_id, ""))
@@ -206,8 +214,8 @@ class IdentityGraph:
         moved = [item["sk"]["S"][3:] for item in self._query_person(source.id, ids_only=True)]
         if len(moved) != source.size:
             raise _Conflict
-        grow_target = _update_header(target, len(moved), identify)
         if len(moved) <= _IDS_PER_TRANSACTION:
+            grow_target = _update_header(target, len(moved), identify)
             self._transact(
                 [
                     *_move(moved, source.id, target.id),
@@ -223,7 +231,9 @@ class IdentityGraph:
                 **_condition_version(source, {":target": {"S": target.id}}),
             }
         }
-        self._transact([lock, grow_target])
+        # Both sides are marked, so a reader that reaches either finishes the merge.
+        absorb = _update_header(target, len(moved), identify, absorbing=source.id)
+        self._transact([lock, absorb])
         self._finish_merge(source.id, target.id)
 
     def _finish_merge(self, source_id: str, target_id: str) -> None:
@@ -244,8 +254,16 @@ class IdentityGraph:
                 self._transact([*_move(chunk, source_id, target_id), check])
             except _Conflict:
                 continue  # another reader moved this chunk first
+        unmark = {
+            "Update": {
+                "Key": _person_key(target_id),
+                "UpdateExpression": "REMOVE absorbing",
+                "ConditionExpression": "absorbing = :source",
+                "ExpressionAttributeValues": {":source": {"S": source_id}},
+            }
+        }
         with suppress(_Conflict):  # another reader finished it
-            self._transact([{"Delete": {"Key": _person_key(source_id), **locked}}])
+            self._transact([{"Delete": {"Key": _person_key(source_id), **locked}}, unmark])
 
     def _transact(self, items: list[dict[str, Any]]) -> None:
         """One all-or-nothing write; a failed condition means someone else wrote first."""
@@ -273,14 +291,16 @@ class IdentityGraph:
     # --- the warm cache -----------------------------------------------------------------------
 
     def _cached(self, call: IdentityCall) -> str | None:
-        person = self._cluster_of.get(call.user_id)
-        if person is None:
+        """The person of a call whose link is already settled in an identified person."""
+        now = self._clock()
+        user = self._settled.get(call.user_id)
+        if user is None or user[1] <= now:
             return None
-        if call.kind == "identify" and call.user_id not in self._identified:
-            return None
-        if call.source_id is not None and self._cluster_of.get(call.source_id) != person:
-            return None
-        return person
+        if call.source_id is not None:
+            source = self._settled.get(call.source_id)
+            if source is None or source[1] <= now or source[0] != user[0]:
+                return None
+        return user[0]
 
     def _remember(self, call: IdentityCall, decision: Decision, person_id: str | None) -> None:
         """Cache what can never become false: ids sharing an identified person."""
@@ -288,13 +308,12 @@ class IdentityGraph:
             return
         if call.kind != "identify" and not decision.identify:
             return
-        if len(self._cluster_of) >= _WARM_CACHE_LIMIT:
-            self._cluster_of.clear()
-            self._identified.clear()
+        if len(self._settled) >= _WARM_CACHE_LIMIT:
+            self._settled.clear()
+        expiry = self._clock() + self._cache_seconds
         for distinct_id in (call.user_id, call.source_id):
             if distinct_id is not None:
-                self._cluster_of[distinct_id] = person_id
-                self._identified.add(distinct_id)
+                self._settled[distinct_id] = (person_id, expiry)
 
 
 def _outcome(
@@ -307,6 +326,15 @@ def _outcome(
     if call.force:
         record["forced"] = True
     return record
+
+
+def _finish_first(header: dict[str, Any]) -> tuple[str, str] | None:
+    """(source, target) of a large merge this person is part of and that must finish first."""
+    if "mergingInto" in header:
+        return header["pk"]["S"][7:], header["mergingInto"]["S"]
+    if "absorbing" in header:
+        return header["absorbing"]["S"], header["pk"]["S"][7:]
+    return None
 
 
 def _person(header: dict[str, Any]) -> Person:
@@ -334,7 +362,8 @@ def _condition_version(
     person: Person, extra_values: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     return {
-        "ConditionExpression": "personVersion = :version AND attribute_not_exists(mergingInto)",
+        "ConditionExpression": "personVersion = :version"
+        " AND attribute_not_exists(mergingInto) AND attribute_not_exists(absorbing)",
         "ExpressionAttributeValues": {
             ":version": {"N": str(person.version)},
             **(extra_values or {}),
@@ -368,7 +397,9 @@ def _grow(person: Person, ids: tuple[str, ...], identify: bool) -> list[dict[str
     return [*_new_pointers(person.id, ids), _update_header(person, len(ids), identify)]
 
 
-def _update_header(person: Person, added: int, identify: bool) -> dict[str, Any]:
+def _update_header(
+    person: Person, added: int, identify: bool, absorbing: str | None = None
+) -> dict[str, Any]:
     """Bump a person's version (and size, and identified) if nobody changed it since our read."""
     # Attribute names are compound words: DynamoDB reserves plain ones like SIZE or IDENTIFIED.
     assignments = "idCount = idCount + :added, personVersion = personVersion + :one"
@@ -376,6 +407,9 @@ def _update_header(person: Person, added: int, identify: bool) -> dict[str, Any]
     if identify:
         assignments += ", isIdentified = :true"
         values[":true"] = {"BOOL": True}
+    if absorbing is not None:
+        assignments += ", absorbing = :absorbing"
+        values[":absorbing"] = {"S": absorbing}
     return {
         "Update": {
             "Key": _person_key(person.id),

@@ -1,0 +1,378 @@
+"""The identity rules as plain functions (no AWS): refused ids and what `decide` plans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from collector.identity import (
+    BLOCKED_ANY_CASE,
+    MAX_ID_LENGTH,
+    Decision,
+    IdentityCall,
+    Person,
+    decide,
+    refusal_reason,
+)
+
+# --- refused ids ---------------------------------------------------------------------------
+
+# PostHog's illegal ids (both of its lists) plus Segment's suggestions, as the issue lists them.
+POSTHOG_ILLEGAL = [
+    "anonymous",
+    "guest",
+    "distinctid",
+    "distinct_id",
+    "id",
+    "not_authenticated",
+    "email",
+    "undefined",
+    "true",
+    "false",
+    "null",
+    "None",
+    "none",
+    "NaN",
+    "0",
+    "[object Object]",
+]
+
+
+def variants(value: str) -> list[str]:
+    """Spellings a buggy client produces: other cases, padded, quoted (and padded inside)."""
+    cased = sorted({value, value.upper(), value.lower(), value.title(), value.swapcase()})
+    spelled = [*cased, f"  {value}  ", f" {value}", f"{value}\u00a0"]
+    quoted = [f"'{value}'", f'"{value}"', f" '{value}' ", f'  " {value} "  ', f"'{value.upper()}'"]
+    return [*spelled, *quoted]
+
+
+PLACEHOLDERS = sorted({spelling for value in POSTHOG_ILLEGAL for spelling in variants(value)})
+
+
+@pytest.mark.parametrize("distinct_id", PLACEHOLDERS)
+def test_placeholder_ids_are_refused_in_any_case_trimmed_and_quoted(distinct_id: str) -> None:
+    reason = refusal_reason(distinct_id)
+    assert reason is not None
+    assert reason.startswith("illegal_id:")
+    assert "placeholder" in reason
+
+
+@pytest.mark.parametrize(
+    "distinct_id",
+    ["", " ", "    ", "\u00a0", "\u3000", "''", '""', "' '", '"   "', "  ''  "],
+)
+def test_blank_ids_are_refused(distinct_id: str) -> None:
+    assert refusal_reason(distinct_id) == "illegal_id: blank"
+
+
+@pytest.mark.parametrize(
+    "distinct_id",
+    ["0", "00", "000", "0-0", "-", "--", "0000-0000-0000", "-0-", " 000 ", "'0-0'", '"-"'],
+)
+def test_zeros_and_dashes_are_refused(distinct_id: str) -> None:
+    reason = refusal_reason(distinct_id)
+    assert reason is not None and "placeholder" in reason
+
+
+@pytest.mark.parametrize("distinct_id", ["-1", " -1 ", "'-1'", '"-1"'])
+def test_minus_one_is_refused(distinct_id: str) -> None:
+    reason = refusal_reason(distinct_id)
+    assert reason is not None and "placeholder" in reason
+
+
+@pytest.mark.parametrize("length", [MAX_ID_LENGTH + 1, MAX_ID_LENGTH + 2, 10_000])
+def test_ids_over_400_characters_are_refused(length: int) -> None:
+    assert MAX_ID_LENGTH == 400
+    assert refusal_reason("u" * length) == "illegal_id: longer than 400 characters"
+
+
+@pytest.mark.parametrize(
+    "distinct_id",
+    [
+        "\x00",
+        "user\x00",
+        "\x00null",
+        "user\n1",
+        "user-1\n",
+        "\n",
+        "\x7f",
+        "a\x7fb",
+        "a\tb",
+        "\x1f",
+        "\r",
+    ],
+)
+def test_ids_with_control_characters_are_refused(distinct_id: str) -> None:
+    assert refusal_reason(distinct_id) == "illegal_id: contains control characters"
+
+
+@pytest.mark.parametrize("distinct_id", ["user\x85", "a\x9bb", "\x80"])
+def test_c1_control_characters_are_refused(distinct_id: str) -> None:
+    assert refusal_reason(distinct_id) == "illegal_id: contains control characters"
+
+
+@pytest.mark.parametrize(
+    "distinct_id",
+    [
+        " user-1 ",
+        "user-1",
+        "0a",
+        "a0",
+        "00a",
+        "0-1",
+        "1",
+        "-2",
+        "--1",
+        "nullable",
+        "null-user",
+        "NaNa",
+        "id-7",
+        "idx",
+        "guest42",
+        "undefined_user",
+        "[object Object]x",
+        "'null",
+        "user@example.com",
+        "ユーザー",
+        "u" * MAX_ID_LENGTH,
+    ],
+)
+def test_legal_ids_that_look_close_are_accepted(distinct_id: str) -> None:
+    assert refusal_reason(distinct_id) is None
+
+
+def test_an_extra_blocked_list_refuses_more_and_keeps_the_built_in_one() -> None:
+    blocked = BLOCKED_ANY_CASE | {"test-user", "qa@example.com"}
+    for distinct_id in ("test-user", " Test-User ", "'TEST-USER'", '"qa@example.com"'):
+        reason = refusal_reason(distinct_id, blocked)
+        assert reason is not None and "placeholder" in reason, distinct_id
+    assert refusal_reason("null", blocked) is not None
+    assert refusal_reason("test-user-2", blocked) is None
+    # Without the extra list those ids are fine.
+    assert refusal_reason("test-user") is None
+    assert refusal_reason("qa@example.com") is None
+
+
+def test_the_blocked_list_is_what_the_caller_passes() -> None:
+    only = frozenset({"shared-laptop"})
+    assert refusal_reason("Shared-Laptop", only) is not None
+    # Structural refusals do not depend on the list.
+    assert refusal_reason("", only) == "illegal_id: blank"
+    assert refusal_reason("000", only) is not None
+    assert refusal_reason("x" * 401, only) is not None
+
+
+# --- decide ------------------------------------------------------------------------------------
+
+
+def anon(name: str, size: int = 1) -> Person:
+    return Person(name, identified=False, size=size, version=3)
+
+
+def known(name: str, size: int = 1) -> Person:
+    return Person(name, identified=True, size=size, version=3)
+
+
+IDENTIFY = IdentityCall("identify", "u", "a")
+ALIAS = IdentityCall("alias", "u", "p")
+FORCED = IdentityCall("alias", "u", "p", force=True)
+CAP = 1000
+
+# (name, call, target = the user id's person, source = the other id's person, max_ids, decision)
+CASES: list[tuple[str, IdentityCall, Person | None, Person | None, int, Decision]] = [
+    # Neither id known: one new person with both ids; identify names it, alias does not.
+    ("identify, neither known", IDENTIFY, None, None, CAP,
+     Decision("created", create=("u", "a"), identify=True)),
+    ("alias, neither known", ALIAS, None, None, CAP, Decision("created", create=("u", "p"))),
+    # Only the user id known: the other id joins its person.
+    ("identify, only target known (anonymous)", IDENTIFY, anon("T"), None, CAP,
+     Decision("attached", attach=("a",), identify=True)),
+    ("identify, only target known (identified)", IDENTIFY, known("T"), None, CAP,
+     Decision("attached", attach=("a",), identify=True)),
+    ("alias, only target known", ALIAS, known("T"), None, CAP, Decision("attached", attach=("p",))),
+    ("alias, only anonymous target known", ALIAS, anon("T"), None, CAP,
+     Decision("attached", attach=("p",))),
+    # Only the other id known: the user id joins the other id's (anonymous) person.
+    ("identify, only source known", IDENTIFY, None, anon("S", 3), CAP,
+     Decision("attached", attach=("u",), identify=True)),
+    ("alias, only source known", ALIAS, None, anon("S", 3), CAP,
+     Decision("attached", attach=("u",))),
+    # Both known, different persons, anonymous source: merge.
+    ("identify, both known, anonymous source", IDENTIFY, known("T"), anon("S"), CAP,
+     Decision("merged", merge=True, identify=True)),
+    ("identify, both anonymous", IDENTIFY, anon("T"), anon("S"), CAP,
+     Decision("merged", merge=True, identify=True)),
+    ("alias, both known, anonymous source", ALIAS, known("T"), anon("S"), CAP,
+     Decision("merged", merge=True)),
+    ("alias, both anonymous", ALIAS, anon("T"), anon("S"), CAP, Decision("merged", merge=True)),
+    # Same person already.
+    ("identify, same person, anonymous", IDENTIFY, anon("P", 2), anon("P", 2), CAP,
+     Decision("identified", identify=True)),
+    ("identify, same person, identified", IDENTIFY, known("P", 2), known("P", 2), CAP,
+     Decision("already_linked")),
+    ("alias, same person, anonymous", ALIAS, anon("P", 2), anon("P", 2), CAP,
+     Decision("already_linked")),
+    ("alias, same person, identified", ALIAS, known("P", 2), known("P", 2), CAP,
+     Decision("already_linked")),
+    ("same person past the cap is still linked", IDENTIFY, known("P", 50), known("P", 50), 10,
+     Decision("already_linked")),
+    # The protective rule: an identified source is never merged away; the target still exists.
+    ("identify, identified source, unknown target", IDENTIFY, None, known("S"), CAP,
+     Decision("refused", "already_identified", create=("u",), identify=True)),
+    ("identify, identified source, anonymous target", IDENTIFY, anon("T"), known("S"), CAP,
+     Decision("refused", "already_identified", identify=True)),
+    ("identify, identified source, identified target", IDENTIFY, known("T"), known("S"), CAP,
+     Decision("refused", "already_identified")),
+    ("alias, identified source, unknown target", ALIAS, None, known("S"), CAP,
+     Decision("refused", "already_identified", create=("u",))),
+    ("alias, identified source, identified target", ALIAS, known("T"), known("S"), CAP,
+     Decision("refused", "already_identified")),
+    ("already_identified is checked before the cap", IDENTIFY, known("T", 9), known("S", 9), 10,
+     Decision("refused", "already_identified")),
+    # The documented opt-in: a forced alias merges an identified source.
+    ("forced alias, both identified", FORCED, known("T"), known("S"), CAP,
+     Decision("merged", merge=True, identify=True)),
+    ("forced alias, identified source, anonymous target", FORCED, anon("T"), known("S"), CAP,
+     Decision("merged", merge=True, identify=True)),
+    ("forced alias, identified source, unknown target", FORCED, None, known("S"), CAP,
+     Decision("attached", attach=("u",), identify=True)),
+    ("forced alias, anonymous source", FORCED, known("T"), anon("S"), CAP,
+     Decision("merged", merge=True)),
+    ("forced alias still respects the cap", FORCED, known("T", 6), known("S", 5), 10,
+     Decision("refused", "too_many_ids")),
+    # The cap: a merge to exactly max_ids is allowed, one more is refused.
+    ("merge to exactly the cap", IDENTIFY, known("T", 6), anon("S", 4), 10,
+     Decision("merged", merge=True, identify=True)),
+    ("merge to cap + 1", IDENTIFY, known("T", 6), anon("S", 5), 10,
+     Decision("refused", "too_many_ids")),
+    ("merge to cap + 1, anonymous target still identified", IDENTIFY, anon("T", 6), anon("S", 5),
+     10, Decision("refused", "too_many_ids", identify=True)),
+    ("alias merge to cap + 1", ALIAS, anon("T", 6), anon("S", 5), 10,
+     Decision("refused", "too_many_ids")),
+    ("attach to a target at cap - 1", IDENTIFY, known("T", 9), None, 10,
+     Decision("attached", attach=("a",), identify=True)),
+    ("attach to a full target", IDENTIFY, known("T", 10), None, 10,
+     Decision("refused", "too_many_ids")),
+    ("user id joins a source at cap - 1", IDENTIFY, None, anon("S", 9), 10,
+     Decision("attached", attach=("u",), identify=True)),
+    ("user id joins a full source", IDENTIFY, None, anon("S", 10), 10,
+     Decision("refused", "too_many_ids", create=("u",), identify=True)),
+    ("new pair within a cap of 2", IDENTIFY, None, None, 2,
+     Decision("created", create=("u", "a"), identify=True)),
+    ("new pair past a cap of 1", IDENTIFY, None, None, 1,
+     Decision("refused", "too_many_ids", create=("u",), identify=True)),
+    # identify without anonymousId: the user id's person exists and is identified.
+    ("identify alone, unknown", IdentityCall("identify", "u", None), None, None, CAP,
+     Decision("created", create=("u",), identify=True)),
+    ("identify alone, anonymous", IdentityCall("identify", "u", None), anon("T"), None, CAP,
+     Decision("identified", identify=True)),
+    ("identify alone, identified", IdentityCall("identify", "u", None), known("T"), None, CAP,
+     Decision("already_linked")),
+    ("identify alone ignores the cap", IdentityCall("identify", "u", None), known("T", 10), None,
+     10, Decision("already_linked")),
+    ("identify with anonymousId == userId", IdentityCall("identify", "u", "u"), None, None, CAP,
+     Decision("created", create=("u",), identify=True)),
+    # alias where the user id is the previous id: nothing to link, never identifies.
+    ("alias to itself, unknown", IdentityCall("alias", "u", "u"), None, None, CAP,
+     Decision("created", create=("u",))),
+    ("alias to itself, anonymous", IdentityCall("alias", "u", "u"), anon("T"), anon("T"), CAP,
+     Decision("already_linked")),
+    ("alias to itself, identified", IdentityCall("alias", "u", "u"), known("T"), known("T"), CAP,
+     Decision("already_linked")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "target", "source", "max_ids", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_decide(
+    call: IdentityCall,
+    target: Person | None,
+    source: Person | None,
+    max_ids: int,
+    expected: Decision,
+) -> None:
+    decision = decide(call, target, source, max_ids)
+    assert decision == expected
+    assert decision.writes == bool(
+        expected.create or expected.attach or expected.merge or expected.identify
+    )
+
+
+def test_every_outcome_is_reached_by_the_table() -> None:
+    outcomes = {case[-1].outcome for case in CASES}
+    assert outcomes == {"created", "attached", "merged", "identified", "already_linked", "refused"}
+    reasons = {case[-1].reason for case in CASES if case[-1].outcome == "refused"}
+    assert reasons == {"already_identified", "too_many_ids"}
+
+
+def test_a_refusal_never_moves_or_attaches_ids() -> None:
+    for _, call, target, source, max_ids, _ in CASES:
+        decision = decide(call, target, source, max_ids)
+        if decision.outcome == "refused":
+            assert not decision.merge and not decision.attach
+            assert decision.create in ((), (call.user_id,))
+
+
+def test_already_linked_writes_nothing() -> None:
+    assert not Decision("already_linked").writes
+    assert Decision("identified", identify=True).writes
+
+
+# --- IdentityCall.from_message ---------------------------------------------------------------
+
+OPT_IN = {"Collector": {"mergeIdentified": True}}
+
+
+def test_identify_call_from_message() -> None:
+    message = {"type": "identify", "userId": "u", "anonymousId": "a"}
+    assert IdentityCall.from_message(message) == IdentityCall("identify", "u", "a", False)
+    alone = {"type": "identify", "userId": "u"}
+    assert IdentityCall.from_message(alone) == IdentityCall("identify", "u", None, False)
+
+
+def test_alias_call_from_message() -> None:
+    message = {"type": "alias", "userId": "u", "previousId": "p", "anonymousId": "a"}
+    assert IdentityCall.from_message(message) == IdentityCall("alias", "u", "p", False)
+
+
+def test_alias_opt_in_forces_the_merge() -> None:
+    message = {"type": "alias", "userId": "u", "previousId": "p", "integrations": OPT_IN}
+    call = IdentityCall.from_message(message)
+    assert call.force is True
+    assert (call.kind, call.user_id, call.source_id) == ("alias", "u", "p")
+    both = {**message, "integrations": {"All": False, **OPT_IN}}
+    assert IdentityCall.from_message(both).force is True
+
+
+def test_identify_never_forces() -> None:
+    message = {"type": "identify", "userId": "u", "anonymousId": "a", "integrations": OPT_IN}
+    assert IdentityCall.from_message(message).force is False
+
+
+@pytest.mark.parametrize(
+    "integrations",
+    [
+        None,
+        {},
+        {"All": True},
+        {"Collector": True},
+        {"Collector": "mergeIdentified"},
+        {"Collector": None},
+        {"Collector": {}},
+        {"Collector": {"mergeIdentified": False}},
+        {"Collector": {"mergeIdentified": 1}},
+        {"Collector": {"mergeIdentified": "true"}},
+        {"Collector": {"mergeIdentified": "True"}},
+        {"Collector": {"mergeIdentified": [True]}},
+        {"Collector": {"mergeIdentified": {"yes": True}}},
+        {"Collector": {"mergeidentified": True}},
+        {"mergeIdentified": True},
+    ],
+)
+def test_alias_is_not_forced_without_the_exact_opt_in(integrations: Any) -> None:
+    message = {"type": "alias", "userId": "u", "previousId": "p", "integrations": integrations}
+    assert IdentityCall.from_message(message).force is False
