@@ -91,6 +91,8 @@ class IdentityGraph:
         user_refusal = refusal_reason(call.user_id, self._blocked)
         if user_refusal is not None:
             return _outcome(call, "refused", None, f"userId {user_refusal}")
+        if call.source_id == call.user_id:
+            call = replace(call, source_id=None)  # linking an id to itself asks for nothing more
         source_refusal = None
         if call.source_id is not None:
             source_refusal = refusal_reason(call.source_id, self._blocked)
@@ -108,6 +110,8 @@ class IdentityGraph:
                 person_id = self._write(decision, call, target, source)
             except _Conflict:
                 continue
+            if decision.merge and source is not None:
+                self._forget(source.id)
             self._remember(call, decision, person_id)
             if source_refusal is not None:
                 return _outcome(call, "refused", person_id, f"sourceId {source_refusal}")
@@ -301,6 +305,11 @@ class IdentityGraph:
             if source is None or source[1] <= now or source[0] != user[0]:
                 return None
         return user[0]
+
+    def _forget(self, person_id: str) -> None:
+        """A person this Lambda merged away: its cached ids now belong to the target."""
+        for distinct_id in [d for d, (p, _) in self._settled.items() if p == person_id]:
+            del self._settled[distinct_id]
 
     def _remember(self, call: IdentityCall, decision: Decision, person_id: str | None) -> None:
         """Cache what can never become false: ids sharing an identified person."""
