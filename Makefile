@@ -44,3 +44,30 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Deploying to AWS (docs/deploy.md). sam CLI lives in its own venv: it pins its own versions of
+# boto3, pydantic and click, which clash with requirements/dev.lock. `make package` builds with
+# the Makefiles under layers/ and functions/ (arm64 wheels for the Lambda's Python), no Docker.
+SAM_VENV := .venv-sam
+SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
+SAM_STAMP := $(SAM_VENV)/.installed
+SAM_BUILD_DIR ?= .aws-sam/build
+
+.PHONY: package deploy
+
+$(SAM_STAMP): requirements/sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/sam.txt
+	touch $@
+
+# The layer's pip runs with the sam venv's Python, which surely has pip; any 3.11+ will do.
+package: $(SAM_STAMP)
+	PYTHON="$(CURDIR)/$(SAM_VENV)/bin/python" $(SAM) build --template-file template.yaml \
+		--build-dir "$(SAM_BUILD_DIR)"
+
+# Settings come from samconfig.toml (named explicitly: sam would look for it beside the built
+# template); --guided asks for each one and can save the answers back there.
+deploy: $(SAM_STAMP)
+	@test -f "$(SAM_BUILD_DIR)/template.yaml" || { echo "Run 'make package' first."; exit 1; }
+	$(SAM) deploy --guided --template-file "$(SAM_BUILD_DIR)/template.yaml" \
+		--config-file "$(CURDIR)/samconfig.toml"
