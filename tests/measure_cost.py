@@ -61,34 +61,9 @@ from collector import api  # noqa: E402
 from collector.auth import Source, SourceCache  # noqa: E402
 from collector.config import Settings  # noqa: E402
 from collector.ingest import Collector, IncomingRequest  # noqa: E402
-from collector.tools.localapi import proxy_event  # noqa: E402
+from collector.tools.localapi import LambdaContext, proxy_event  # noqa: E402
 
-
-class MemoryStore:
-    """S3 replaced: keeps the size of each object it is asked to write."""
-
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-
-    def put_once(
-        self,
-        prefix: str,
-        received_at: datetime,
-        fingerprint: str,
-        body: bytes,
-        earlier: Any = (),
-        metadata: Any = None,
-    ) -> tuple[str, bool]:
-        self.sizes.append(len(body))
-        return prefix, True
-
-
-class FakeContext:
-    function_name = "ingest"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ingest"
-    memory_limit_in_mb = 512
-    aws_request_id = "cost"
+from .test_benchmark import MemoryStore  # noqa: E402
 
 
 def browser_track(n: int) -> dict[str, Any]:
@@ -181,7 +156,7 @@ def memory_collector() -> tuple[Collector, MemoryStore]:
     store = MemoryStore()
     settings = Settings(events_bucket="cost-events", identity_table="cost-identity")
     sources = SourceCache(lambda _hash: Source("src", "cost"), ttl=3600)
-    return Collector(settings, sources, store), store  # type: ignore[arg-type]
+    return Collector(settings, sources, store), store
 
 
 def measure_requests() -> dict[str, Any]:
@@ -199,15 +174,15 @@ def measure_requests() -> dict[str, Any]:
             ip="198.51.100.7",
         )
         ingest_best, ingest_median = best_and_median(lambda c=collector, r=incoming: c.ingest(r))
-        object_bytes = store.sizes[-1]
+        object_bytes = len(store.puts[-1][1])
 
         handler_collector, _ = memory_collector()
         api.collector = lambda c=handler_collector: c  # type: ignore[assignment,misc]
-        answer = api.lambda_handler(event, FakeContext())  # type: ignore[arg-type]
+        answer = api.lambda_handler(event, LambdaContext(aws_request_id="cost"))
         assert answer["statusCode"] == 200, answer
         before = LOG.bytes
         handler_best, handler_median = best_and_median(
-            lambda e=event: api.lambda_handler(e, FakeContext())  # type: ignore[arg-type]
+            lambda e=event: api.lambda_handler(e, LambdaContext(aws_request_id="cost"))
         )
         log_bytes = (LOG.bytes - before) / (ROUNDS + 1)
         events = BATCH if "batch" in path else 1
@@ -234,7 +209,7 @@ def measure_requests() -> dict[str, Any]:
     )
     before = LOG.bytes
     best, median = best_and_median(
-        lambda: api.lambda_handler(preflight, FakeContext())  # type: ignore[arg-type]
+        lambda: api.lambda_handler(preflight, LambdaContext(aws_request_id="cost"))
     )
     results["CORS preflight (OPTIONS /v1/t)"] = {
         "handler_cpu_ms": {"best": best * 1e3, "median": median * 1e3},
