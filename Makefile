@@ -17,7 +17,7 @@ dev: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not slow and not bench"
-	$(BIN)/python -m pytest -m bench -p no:randomly -q
+	$(BIN)/python -m pytest -m bench -q
 
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m slow

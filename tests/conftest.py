@@ -58,7 +58,7 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    caches = (api.settings, api.collector, api.identity_graph)
+    caches = (api.settings, api.aws_client, api.collector, api.identity_graph)
     for cached in caches:
         cached.cache_clear()
     yield

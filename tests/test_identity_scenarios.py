@@ -109,7 +109,7 @@ def outcome(aws: Aws, message_id: str) -> dict[str, Any]:
 
 def cold_start() -> None:
     """The next request is served by a fresh Lambda: no warm identity cache."""
-    for cached in (api.settings, api.collector, api.identity_graph):
+    for cached in (api.settings, api.aws_client, api.collector, api.identity_graph):
         cached.cache_clear()
 
 

@@ -54,16 +54,20 @@ def settings() -> Settings:
 
 
 @cache
+def aws_client(service: str) -> Any:
+    """One client per service for the warm Lambda's life (each costs tens of ms to create)."""
+    return boto3.session.Session().client(service, config=_AWS_CONFIG)
+
+
+@cache
 def collector() -> Collector:
     """Built on first use, then reused by every request the warm Lambda serves."""
     config = settings()
-    session = boto3.session.Session()
-    dynamodb = session.client("dynamodb", config=_AWS_CONFIG)
-    registry = SourceRegistry(dynamodb, config.identity_table)
+    registry = SourceRegistry(aws_client("dynamodb"), config.identity_table)
     return Collector(
         config,
         SourceCache(registry.lookup, config.source_cache_seconds),
-        EventStore(session.client("s3", config=_AWS_CONFIG), config.events_bucket),
+        EventStore(aws_client("s3"), config.events_bucket),
         identity_graph(),
     )
 
@@ -73,7 +77,7 @@ def identity_graph() -> IdentityGraph:
     config = settings()
     extra_blocked = {value.strip().casefold() for value in config.identity_blocked_ids.split(",")}
     return IdentityGraph(
-        boto3.session.Session().client("dynamodb", config=_AWS_CONFIG),
+        aws_client("dynamodb"),
         config.identity_table,
         max_ids=config.identity_max_ids,
         blocked=BLOCKED_ANY_CASE | (extra_blocked - {""}),
