@@ -7,7 +7,7 @@ The contract, with the state diagram, is docs/identity.md.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 # PostHog's lists of ids that must never identify anyone (compared after trimming), and
@@ -86,7 +86,6 @@ class Decision:
     attach: tuple[str, ...] = ()
     merge: bool = False
     identify: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @property
     def writes(self) -> bool:
