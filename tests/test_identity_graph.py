@@ -20,6 +20,7 @@ import requests
 from collector.errors import StorageUnavailable
 from collector.identity import BLOCKED_ANY_CASE, IdentityCall
 from collector.identity_store import IdentityGraph
+from collector.sources import SourceRegistry
 from collector.tools.localapi import LocalApiGateway
 
 from .conftest import Aws
@@ -861,3 +862,32 @@ def test_the_deployment_settings_reach_the_graph(
     assert get_identity(server, "user-1").json()["distinctIds"] == ["anon-2", "user-1"]
     for unknown in ("QA-User", "shared-laptop", "anon-3"):
         assert get_identity(server, unknown).status_code == 404
+
+
+# --- forced merges need a source allowed to force them ---------------------------------------
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["browser-source", "trusted-source"])
+def test_a_forced_alias_counts_only_from_a_source_allowed_to_force(
+    server: LocalApiGateway, aws: Aws, write_key: str, allowed: bool
+) -> None:
+    _, key = SourceRegistry(aws.dynamodb, aws.table).add("backend", may_force_merge=allowed)
+    for user, anonymous in (("user-1", "anon-1"), ("user-2", "anon-2")):
+        body = {"userId": user, "anonymousId": anonymous}
+        assert post(server, write_key, "/v1/identify", body).status_code == 200
+    forced = {
+        "previousId": "user-1",
+        "userId": "user-2",
+        "integrations": {"Collector": {"mergeIdentified": True}},
+    }
+    assert post(server, key, "/v1/alias", forced).status_code == 200
+    [alias_event] = [event for event in aws.stored() if event["type"] == "alias"]
+    outcome = alias_event["collector"]["identity"]
+    merged = get_identity(server, "anon-1").json()["distinctIds"]
+    if allowed:
+        assert (outcome["outcome"], outcome.get("forced")) == ("merged", True)
+        assert merged == ["anon-1", "anon-2", "user-1", "user-2"]
+    else:
+        assert (outcome["outcome"], outcome["reason"]) == ("refused", "already_identified")
+        assert "forced" not in outcome
+        assert merged == ["anon-1", "user-1"]

@@ -191,7 +191,7 @@ def stored_objects() -> dict[str, list[dict[str, Any]]]:
         clock = iter(FIRST_RECEIVE + timedelta(hours=n, minutes=n) for n in range(1000))
         collector = Collector(
             Settings(events_bucket=aws.bucket, identity_table=aws.table),
-            SourceCache(lambda _hash: Source("src-web", "web"), 60),
+            SourceCache(lambda _hash: Source("src-web", "web", may_force_merge=True), 60),
             EventStore(s3, aws.bucket),
             IdentityGraph(dynamodb, aws.table),
             clock=lambda: next(clock),

@@ -536,3 +536,19 @@ def test_cache_stays_bounded_under_a_flood_of_unknown_keys(
             cache.source_for(f"made-up-{n}")
     assert len(cache._entries) == 100
     assert cache.source_for("good-key") == WEB
+
+
+def test_cli_add_can_allow_forced_merges(capsys: pytest.CaptureFixture[str], aws: Aws) -> None:
+    key = cli_add(capsys, aws, "web")
+    code, out, _ = cli(capsys, aws, "add", "backend", "--allow-forced-merge")
+    assert code == 0
+    registry = SourceRegistry(aws.dynamodb, aws.table)
+    trusted = registry.lookup(hash_write_key(re.findall(r"^write key (\S+)$", out, re.M)[0]))
+    assert trusted is not None and trusted.may_force_merge is True
+    browser = registry.lookup(hash_write_key(key))
+    assert browser is not None and browser.may_force_merge is False
+    code, out, _ = cli(capsys, aws, "list")
+    assert [line.endswith("may force merges") for line in sorted(out.splitlines())] == [
+        True,
+        False,
+    ]

@@ -19,6 +19,9 @@ class Source:
 
     id: str
     name: str
+    # Whether its alias calls may merge two identified people (write keys are public in
+    # browsers, so only trusted server-side sources should get this).
+    may_force_merge: bool = False
 
 
 def hash_write_key(write_key: str) -> str:

@@ -82,9 +82,13 @@ class IdentityGraph:
         self._clock = clock
         self._settled: dict[str, tuple[str, float]] = {}
 
-    def resolve(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The outcome of a validated identify or alias message (it has a userId)."""
-        return self.apply(IdentityCall.from_message(message))
+    def resolve(self, message: dict[str, Any], allow_force: bool = True) -> dict[str, Any]:
+        """The outcome of a validated identify or alias message (it has a userId); a forced
+        merge it asks for is honoured only with `allow_force` (the sending source's right)."""
+        call = IdentityCall.from_message(message)
+        if call.force and not allow_force:
+            call = replace(call, force=False)
+        return self.apply(call)
 
     def apply(self, call: IdentityCall) -> dict[str, Any]:
         """Decide and write one call; returns the outcome stored with its event."""

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import orjson
@@ -135,7 +136,9 @@ class Collector:
             # The route says what the call is, whatever the body's type says.
             items, envelope_problems = [{**body, "type": call_type}], []
             stamp_ = RequestStamp(received_at, source.id, request.request_id, request.ip)
-        resolve = self._identity.resolve if self._identity is not None else None
+        resolve = None
+        if self._identity is not None:
+            resolve = partial(self._identity.resolve, allow_force=source.may_force_merge)
         processed = process(
             items, stamp_, self._settings.max_message_bytes, envelope_problems, resolve
         )

@@ -60,11 +60,13 @@ class SourceRegistry:
         )
         return [_record(item) for page in pages for item in page["Items"]]
 
-    def add(self, name: str, write_key: str | None = None) -> tuple[Source, str]:
+    def add(
+        self, name: str, write_key: str | None = None, may_force_merge: bool = False
+    ) -> tuple[Source, str]:
         """A new source with a fresh write key (or the given one, for local development)."""
         if any(record.source.name == name for record in self.records()):
             raise ValueError(f"a source named {name!r} exists; rotate its key instead")
-        source = Source(id=uuid.uuid4().hex[:16], name=name)
+        source = Source(id=uuid.uuid4().hex[:16], name=name, may_force_merge=may_force_merge)
         return source, self._issue_key(source, write_key)
 
     def rotate(self, name: str) -> str:
@@ -112,6 +114,7 @@ class SourceRegistry:
                 "sk": {"S": hash_write_key(write_key)},
                 "sourceId": {"S": source.id},
                 "sourceName": {"S": source.name},
+                "mayForceMerge": {"BOOL": source.may_force_merge},
                 "createdAt": {"S": _now()},
             },
             ConditionExpression="attribute_not_exists(pk)",
@@ -122,7 +125,11 @@ class SourceRegistry:
 def _record(item: dict[str, Any]) -> WriteKeyRecord:
     return WriteKeyRecord(
         key_hash=item["sk"]["S"],
-        source=Source(id=item["sourceId"]["S"], name=item["sourceName"]["S"]),
+        source=Source(
+            id=item["sourceId"]["S"],
+            name=item["sourceName"]["S"],
+            may_force_merge=item.get("mayForceMerge", {}).get("BOOL", False),
+        ),
         created_at=item["createdAt"]["S"],
         revoked_at=item.get("revokedAt", {}).get("S"),
     )

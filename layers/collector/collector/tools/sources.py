@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="create a source and print its first write key")
     add.add_argument("name")
+    add.add_argument(
+        "--allow-forced-merge",
+        action="store_true",
+        help="let its alias calls merge two identified people (server-side sources only)",
+    )
     commands.add_parser("list", help="list sources and their keys (ids only, never keys)")
     rotate = commands.add_parser("rotate", help="print a new key; old keys work until revoked")
     rotate.add_argument("name")
@@ -35,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = SourceRegistry(boto3.client("dynamodb"), args.table)
     try:
         if args.command == "add":
-            source, key = registry.add(args.name)
+            source, key = registry.add(args.name, may_force_merge=args.allow_forced_merge)
             print(f"source {source.name} ({source.id})\nwrite key {key}")
             print("The key is shown once; only its hash is stored.", file=sys.stderr)
         elif args.command == "rotate":
@@ -46,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for record in sorted(registry.records(), key=lambda r: (r.source.name, r.created_at)):
                 state = f"revoked {record.revoked_at}" if record.revoked_at else "live"
+                if record.source.may_force_merge:
+                    state += ", may force merges"
                 print(
                     f"{record.source.name}\t{record.source.id}\tkey {record.key_id}\t"
                     f"created {record.created_at}\t{state}"
