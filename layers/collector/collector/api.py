@@ -204,14 +204,14 @@ def _record(result: IngestResult) -> None:
             "source_id": result.source.id,
             "accepted": result.accepted,
             "rejected": [rejection.as_json() for rejection in result.rejected],
-            "bytes": result.stored_bytes,
+            "bytes": result.body_bytes,
             "duplicate": result.duplicate,
             "identity": dict(result.identity_outcomes),
         },
     )
     metrics.add_metric(name="AcceptedMessages", unit=MetricUnit.Count, value=result.accepted)
     metrics.add_metric(name="RejectedMessages", unit=MetricUnit.Count, value=len(result.rejected))
-    metrics.add_metric(name="RequestBytes", unit=MetricUnit.Bytes, value=result.stored_bytes)
+    metrics.add_metric(name="RequestBytes", unit=MetricUnit.Bytes, value=result.body_bytes)
     for outcome, count in result.identity_outcomes.items():
         if outcome.startswith("refused"):
             metrics.add_metric(name="IdentityRefusals", unit=MetricUnit.Count, value=count)

@@ -95,7 +95,8 @@ class IngestResult:
     accepted: int
     rejected: list[Rejection]
     per_type: Counter[str]
-    stored_bytes: int
+    # The body after base64 and gzip were undone: what the client sent.
+    body_bytes: int
     duplicate: bool
     # "merged", "refused:already_identified", ... -> how many of this request's calls had it.
     identity_outcomes: Counter[str]
@@ -142,13 +143,13 @@ class Collector:
         processed = process(
             items, stamp_, self._settings.max_message_bytes, envelope_problems, resolve
         )
-        duplicate = self._store_processed(processed, items, stamp_)
+        duplicate = self._store_processed(processed, stamp_)
         return IngestResult(
             source=source,
             accepted=len(processed.lines),
             rejected=[rejection for rejection, _ in processed.rejected],
             per_type=processed.per_type,
-            stored_bytes=len(raw),
+            body_bytes=len(raw),
             duplicate=duplicate,
             identity_outcomes=processed.identity_outcomes,
         )
@@ -189,10 +190,8 @@ class Collector:
         )
         return items, problems, stamp_
 
-    def _store_processed(
-        self, processed: Processed, items: list[Any], request: RequestStamp
-    ) -> bool:
-        """Write the events object and, when needed, the rejected one; True if both existed."""
+    def _store_processed(self, processed: Processed, request: RequestStamp) -> bool:
+        """Write the events object and, when needed, the rejected one; True if all existed."""
         settings = self._settings
         request_fingerprint = fingerprint(request.source_id, processed.message_ids)
         earlier = (
@@ -201,28 +200,24 @@ class Collector:
             else []
         )
         metadata = {"source-id": request.source_id, "request-id": request.request_id}
-        written = []
-        if processed.lines:
-            _, new = self._store.put_once(
-                EVENTS_PREFIX,
-                request.received_at,
-                request_fingerprint,
-                gzip_lines(processed.lines, settings.gzip_level),
-                earlier,
-                metadata,
-            )
-            written.append(new)
-        if processed.rejected:
-            lines = [rejected_line(rej, item, request) for rej, item in processed.rejected]
-            _, new = self._store.put_once(
-                REJECTED_PREFIX,
+        objects = {
+            EVENTS_PREFIX: processed.lines,
+            REJECTED_PREFIX: [
+                rejected_line(rej, item, request) for rej, item in processed.rejected
+            ],
+        }
+        written = [
+            self._store.put_once(
+                prefix,
                 request.received_at,
                 request_fingerprint,
                 gzip_lines(lines, settings.gzip_level),
                 earlier,
                 metadata,
-            )
-            written.append(new)
+            )[1]
+            for prefix, lines in objects.items()
+            if lines
+        ]
         return not any(written)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -79,34 +80,43 @@ class EventStore:
             if self._exists(key):
                 return key, False
         key = object_key(prefix, received_at, request_fingerprint)
-        try:
-            self._s3.put_object(
-                Bucket=self._bucket,
-                Key=key,
-                Body=body,
-                ContentType="application/x-ndjson",
-                ContentEncoding="gzip",
-                IfNoneMatch="*",
-                Metadata=metadata or {},
-            )
-        except ClientError as exc:
-            if _error_code(exc) in _ALREADY_STORED:
+        with _unavailable_on_failure("PutObject"):
+            try:
+                self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/x-ndjson",
+                    ContentEncoding="gzip",
+                    IfNoneMatch="*",
+                    Metadata=metadata or {},
+                )
+            except ClientError as exc:
+                if _error_code(exc) not in _ALREADY_STORED:
+                    raise
                 return key, False
-            raise StorageUnavailable(f"S3 PutObject failed: {_error_code(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"S3 PutObject failed: {type(exc).__name__}") from exc
         return key, True
 
     def _exists(self, key: str) -> bool:
-        try:
-            self._s3.head_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING:
+        with _unavailable_on_failure("HeadObject"):
+            try:
+                self._s3.head_object(Bucket=self._bucket, Key=key)
+            except ClientError as exc:
+                if _error_code(exc) not in _MISSING:
+                    raise
                 return False
-            raise StorageUnavailable(f"S3 HeadObject failed: {_error_code(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"S3 HeadObject failed: {type(exc).__name__}") from exc
         return True
+
+
+@contextmanager
+def _unavailable_on_failure(operation: str) -> Iterator[None]:
+    """Any S3 failure left unhandled becomes StorageUnavailable: a 503 the client retries."""
+    try:
+        yield
+    except ClientError as exc:
+        raise StorageUnavailable(f"S3 {operation} failed: {_error_code(exc)}") from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable(f"S3 {operation} failed: {type(exc).__name__}") from exc
 
 
 def _error_code(exc: ClientError) -> str:
