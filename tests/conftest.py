@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +14,9 @@ from typing import Any
 import boto3
 import orjson
 import pytest
+import requests
 from moto import mock_aws
+from moto.dynamodb.responses import DynamoHandler
 
 # Powertools reads these when collector.api is imported, before any fixture runs.
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "collector")
@@ -58,11 +62,15 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    caches = (api.settings, api.aws_client, api.collector, api.identity_graph)
-    for cached in caches:
-        cached.cache_clear()
+    clear_api_caches()
     yield
-    for cached in caches:
+    clear_api_caches()
+
+
+def clear_api_caches() -> None:
+    """Forget the warm Lambda's settings, clients and collector: the next request builds them
+    anew from the environment, as a cold start does."""
+    for cached in (api.settings, api.aws_client, api.collector, api.identity_graph):
         cached.cache_clear()
 
 
@@ -89,3 +97,106 @@ def server(aws: Aws) -> Iterator[LocalApiGateway]:
     yield local
     local.shutdown()
     local.server_close()
+
+
+# --- requests over HTTP ------------------------------------------------------------------
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def track(n: int = 0, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": "Clicked",
+        "userId": f"u{n}",
+        "messageId": f"m-{n}-{uuid.uuid4()}",
+        **fields,
+    }
+
+
+@pytest.fixture
+def post(server: LocalApiGateway, write_key: str) -> Iterator[Any]:
+    def send(
+        path: str, data: bytes, headers: dict[str, str] | None = None, *, auth: bool = True
+    ) -> requests.Response:
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if auth:
+            all_headers.update(basic(write_key))
+        return requests.post(f"{server.url}{path}", data=data, headers=all_headers, timeout=10)
+
+    yield send
+
+
+def refused(response: requests.Response, status: int, code: str, text: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False
+    assert body["code"] == code
+    assert text in body["message"]
+    assert "Traceback" not in response.text and "collector." not in response.text
+    return body
+
+
+# --- the identity graph as the stored events tell it -------------------------------------------
+
+
+def graph_partition(dynamodb: Any, table: str) -> set[frozenset[str]]:
+    """The persons in DynamoDB, as sets of distinct ids (from the ID# pointers)."""
+    members: dict[str, set[str]] = {}
+    for page in dynamodb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        for item in page["Items"]:
+            if item["pk"]["S"].startswith("ID#") and item["sk"]["S"] == "ID":
+                members.setdefault(item["personId"]["S"], set()).add(item["pk"]["S"][3:])
+    return {frozenset(ids) for ids in members.values()}
+
+
+LINKED = frozenset({"created", "attached", "merged", "already_linked"})
+
+
+def replayed_partition(events: list[dict[str, Any]]) -> set[frozenset[str]]:
+    """The persons the stored identify/alias events' recorded outcomes describe: a linked
+    outcome joins its two ids, a refusal leaves the user id's own person. Links only join, so
+    the order of the events does not matter."""
+    parent: dict[str, str] = {}
+
+    def root(distinct_id: str) -> str:
+        parent.setdefault(distinct_id, distinct_id)
+        while parent[distinct_id] != distinct_id:
+            parent[distinct_id] = parent[parent[distinct_id]]
+            distinct_id = parent[distinct_id]
+        return distinct_id
+
+    for event in events:
+        outcome = event["collector"].get("identity")
+        if outcome is None or outcome["personId"] is None:
+            continue
+        user = root(event["userId"])
+        other = event.get("previousId") if event["type"] == "alias" else event.get("anonymousId")
+        if other is not None and outcome["outcome"] in LINKED:
+            parent[root(other)] = user
+    groups: dict[str, set[str]] = {}
+    for distinct_id in parent:
+        groups.setdefault(root(distinct_id), set()).add(distinct_id)
+    return {frozenset(ids) for ids in groups.values()}
+
+
+@pytest.fixture
+def atomic(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    """moto's DynamoDB, one request at a time (DynamoDB's own atomicity per request): moto's
+    conditional writes are get, check, write without a lock, so races need this."""
+    lock = threading.Lock()
+    requests = 0
+    call_action = DynamoHandler.call_action
+
+    def locked(self: DynamoHandler) -> Any:
+        nonlocal requests
+        with lock:
+            requests += 1
+            return call_action(self)
+
+    monkeypatch.setattr(DynamoHandler, "call_action", locked)
+    yield aws
+    # If moto stopped dispatching through call_action, the races would run unserialised.
+    assert requests > 0, "moto's DynamoDB requests did not go through the lock"

@@ -4,7 +4,7 @@ Written from the rules in words, not from `collector.identity.decide`; only
 `collector.identity.refusal_reason` (which ids may take part in identity at all) is shared.
 
 Outcome strings returned by `IdentityModel.apply`:
-  created | attached | merged | identified | already_linked     the call's own outcome
+  created | attached | merged | already_linked                  the call's own outcome
   refused:already_identified | refused:too_many_ids             a refused link
   refused:illegal_user                                          the userId itself is refused
   refused:illegal_source     the other id is refused; the call acted as if it were absent
@@ -21,7 +21,12 @@ from collector.identity import BLOCKED_ANY_CASE, DEFAULT_MAX_IDS_PER_PERSON, ref
 @dataclass
 class ModelPerson:
     ids: set[str]
-    identified: bool
+    user_ids: set[str]
+
+    @property
+    def identified(self) -> bool:
+        """Identified as soon as it holds a userId, whichever call brought it in."""
+        return bool(self.user_ids)
 
 
 @dataclass
@@ -63,60 +68,52 @@ class IdentityModel:
         return self._act(kind, user_id, other_id, force)
 
     def _act(self, kind: str, user: str, other: str | None, force: bool) -> str:
-        identify = kind == "identify"
+        forced = kind == "alias" and force
         if other is None or other == user:
-            return self._ensure(user, identify)
+            return self._ensure(user)
         u_key, o_key = self.person_of.get(user), self.person_of.get(other)
         if u_key is not None and u_key == o_key:
-            person = self.persons[u_key]
-            if identify and not person.identified:
-                person.identified = True
-                return "identified"
             return "already_linked"
         other_person = self.persons[o_key] if o_key is not None else None
-        if other_person is not None and other_person.identified and not (not identify and force):
-            self._ensure(user, identify)
+        if other_person is not None and other_person.identified and not forced:
+            self._ensure(user)
             return "refused:already_identified"
         u_size = len(self.persons[u_key].ids) if u_key is not None else 1
         o_size = len(other_person.ids) if other_person is not None else 1
         if u_size + o_size > self.max_ids:
-            self._ensure(user, identify)
+            self._ensure(user)
             return "refused:too_many_ids"
         if u_key is None and o_key is None:
-            self._new({user, other}, identified=identify)
+            self._new(user, other)
             return "created"
         if o_key is None:
             assert u_key is not None
             self._add(u_key, other)
-            self.persons[u_key].identified |= identify
             return "attached"
         if u_key is None:
-            self._add(o_key, user)
-            self.persons[o_key].identified |= identify
+            self._add(o_key, user, is_user=True)
             return "attached"
         target, source = self.persons[u_key], self.persons.pop(o_key)
         for distinct_id in source.ids:
             self._add(u_key, distinct_id)
-        target.identified = target.identified or source.identified or identify
+        target.user_ids |= source.user_ids
         return "merged"
 
-    def _ensure(self, user: str, identify: bool) -> str:
-        key = self.person_of.get(user)
-        if key is None:
-            self._new({user}, identified=identify)
-            return "created"
-        person = self.persons[key]
-        if identify and not person.identified:
-            person.identified = True
-            return "identified"
-        return "already_linked"
+    def _ensure(self, user: str) -> str:
+        if user in self.person_of:
+            return "already_linked"
+        self._new(user)
+        return "created"
 
-    def _new(self, ids: set[str], identified: bool) -> None:
+    def _new(self, user: str, *others: str) -> None:
         self._next_key += 1
-        self.persons[self._next_key] = ModelPerson(set(), identified)
-        for distinct_id in ids:
+        self.persons[self._next_key] = ModelPerson(set(), set())
+        self._add(self._next_key, user, is_user=True)
+        for distinct_id in others:
             self._add(self._next_key, distinct_id)
 
-    def _add(self, key: int, distinct_id: str) -> None:
+    def _add(self, key: int, distinct_id: str, is_user: bool = False) -> None:
         self.persons[key].ids.add(distinct_id)
+        if is_user:
+            self.persons[key].user_ids.add(distinct_id)
         self.person_of[distinct_id] = key

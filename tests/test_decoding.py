@@ -6,11 +6,12 @@ import base64
 import gzip
 import zlib
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.decoding import decompress, parse_object, request_bytes
+from collector.decoding import ParsedBody, decompress, parse_object, request_bytes
 from collector.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 
@@ -59,9 +60,9 @@ def test_base64_body_is_decoded_and_invalid_base64_is_400() -> None:
     ("raw", "text"),
     [
         (b"{", "not valid JSON"),
-        (b'{"a": NaN}', "not valid JSON"),
-        (b'{"a": -Infinity}', "not valid JSON"),
         (b"\xff", "not valid JSON"),
+        (b'{"a": NaN', "not valid JSON"),
+        (b"\xef\xbb\xbf", "not valid JSON"),
         (b"null", "not null"),
         (b"true", "not a boolean"),
         (b"12", "not a number"),
@@ -71,3 +72,38 @@ def test_parse_object_refuses_what_is_not_a_json_object(raw: bytes, text: str) -
     with pytest.raises(BadRequest) as refused:
         parse_object(raw)
     assert text in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "value", "flaws"),
+    [
+        (b'{"a": NaN}', {"a": "NaN"}, [(("a",), "NaN is not a JSON number")]),
+        (b'{"a": [-Infinity]}', {"a": ["-Infinity"]},
+         [(("a", 0), "-Infinity is not a JSON number")]),
+        (b'{"a": 2e308}', {"a": "2e308"}, [(("a",), "2e308 is outside the range of a double")]),
+        (b'{"a": "\\ud83d!"}', {"a": "\\ud83d!"}, [(("a",), "not valid Unicode")]),
+        (b'{"a": "\xe9t\xe9"}', {"a": "\\xe9t\\xe9"}, [(("a",), "not valid Unicode")]),
+        (b'{"\\udc00": 1}', {"\\udc00": 1}, [((), "key '\\\\udc00' is not valid Unicode")]),
+        (b'{"a": NaN, "b": "ok", "c": 18446744073709551615}',
+         {"a": "NaN", "b": "ok", "c": 2**64 - 1}, [(("a",), "NaN is not a JSON number")]),
+    ],
+    ids=["nan", "infinity", "beyond-double", "lone-surrogate", "latin-1", "key", "neighbours"],
+)  # fmt: skip
+def test_values_json_cannot_carry_become_flaws_at_their_path(
+    raw: bytes, value: dict[str, object], flaws: list[tuple[tuple[object, ...], str]]
+) -> None:
+    parsed = parse_object(raw)
+    assert parsed.value == value
+    assert [(flaw.path, flaw.problem[: len(problem)]) for flaw, (_, problem) in
+            zip(parsed.flaws, flaws, strict=True)] == flaws  # fmt: skip
+    orjson.dumps(parsed.value)  # what is left is plain JSON
+
+
+def test_a_clean_body_has_no_flaws_and_a_bom_is_skipped() -> None:
+    assert parse_object(b'{"a": 1}') == ParsedBody({"a": 1})
+    assert parse_object(b'\xef\xbb\xbf{"a": 1}') == ParsedBody({"a": 1})
+
+
+def test_a_text_body_with_a_lone_surrogate_reaches_the_parser() -> None:
+    raw = request_bytes('{"a": "\ud83d"}', is_base64_encoded=False)
+    assert parse_object(raw).flaws[0].path == ("a",)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from dataclasses import replace
+from typing import Any, get_args
 
 import pytest
 
@@ -11,6 +13,7 @@ from collector.identity import (
     MAX_ID_LENGTH,
     Decision,
     IdentityCall,
+    Outcome,
     Person,
     decide,
     refusal_reason,
@@ -167,6 +170,8 @@ def test_the_blocked_list_is_what_the_caller_passes() -> None:
 
 
 def anon(name: str, size: int = 1) -> Person:
+    """A person stored unmarked (`isIdentified` false) by a version before issue 7. It holds a
+    userId like every person, so `decide` treats it exactly like an identified one."""
     return Person(name, identified=False, size=size, version=3)
 
 
@@ -178,109 +183,129 @@ IDENTIFY = IdentityCall("identify", "u", "a")
 ALIAS = IdentityCall("alias", "u", "p")
 FORCED = IdentityCall("alias", "u", "p", force=True)
 CAP = 1000
+REFUSED = Decision("refused", "already_identified")
+REFUSED_NEW_USER = Decision("refused", "already_identified", create=("u",))
 
 # (name, call, target = the user id's person, source = the other id's person, max_ids, decision)
 CASES: list[tuple[str, IdentityCall, Person | None, Person | None, int, Decision]] = [
-    # Neither id known: one new person with both ids; identify names it, alias does not.
+    # Neither id known: one new person with both ids (identified: it holds the user id).
     ("identify, neither known", IDENTIFY, None, None, CAP,
-     Decision("created", create=("u", "a"), identify=True)),
-    ("alias, neither known", ALIAS, None, None, CAP, Decision("created", create=("u", "p"))),
-    # Only the user id known: the other id joins its person.
-    ("identify, only target known (anonymous)", IDENTIFY, anon("T"), None, CAP,
-     Decision("attached", attach=("a",), identify=True)),
-    ("identify, only target known (identified)", IDENTIFY, known("T"), None, CAP,
-     Decision("attached", attach=("a",), identify=True)),
-    ("alias, only target known", ALIAS, known("T"), None, CAP, Decision("attached", attach=("p",))),
-    ("alias, only anonymous target known", ALIAS, anon("T"), None, CAP,
+     Decision("created", create=("u", "a"))),
+    ("alias, neither known", ALIAS, None, None, CAP,
+     Decision("created", create=("u", "p"))),
+    # Only the user id known: the other id joins its person (the write marks an unmarked one).
+    ("identify, only unmarked target known", IDENTIFY, anon("T"), None, CAP,
+     Decision("attached", attach=("a",))),
+    ("identify, only target known", IDENTIFY, known("T"), None, CAP,
+     Decision("attached", attach=("a",))),
+    ("alias, only target known", ALIAS, known("T"), None, CAP,
      Decision("attached", attach=("p",))),
-    # Only the other id known: the user id joins the other id's (anonymous) person.
-    ("identify, only source known", IDENTIFY, None, anon("S", 3), CAP,
-     Decision("attached", attach=("u",), identify=True)),
-    ("alias, only source known", ALIAS, None, anon("S", 3), CAP,
-     Decision("attached", attach=("u",))),
-    # Both known, different persons, anonymous source: merge.
-    ("identify, both known, anonymous source", IDENTIFY, known("T"), anon("S"), CAP,
-     Decision("merged", merge=True, identify=True)),
-    ("identify, both anonymous", IDENTIFY, anon("T"), anon("S"), CAP,
-     Decision("merged", merge=True, identify=True)),
-    ("alias, both known, anonymous source", ALIAS, known("T"), anon("S"), CAP,
-     Decision("merged", merge=True)),
-    ("alias, both anonymous", ALIAS, anon("T"), anon("S"), CAP, Decision("merged", merge=True)),
-    # Same person already.
-    ("identify, same person, anonymous", IDENTIFY, anon("P", 2), anon("P", 2), CAP,
-     Decision("identified", identify=True)),
+    ("alias, only unmarked target known", ALIAS, anon("T"), None, CAP,
+     Decision("attached", attach=("p",))),
+    # The protective rule: the other id is in someone else's person, so an unforced call is
+    # refused, marked or not; the user id's own person still exists.
+    ("identify, unmarked source, unknown target", IDENTIFY, None, anon("S", 3), CAP,
+     REFUSED_NEW_USER),
+    ("alias, unmarked source, unknown target", ALIAS, None, anon("S", 3), CAP,
+     REFUSED_NEW_USER),
+    ("identify, unmarked source, identified target", IDENTIFY, known("T"), anon("S"), CAP,
+     REFUSED),
+    ("identify, both unmarked", IDENTIFY, anon("T"), anon("S"), CAP, REFUSED),
+    ("alias, unmarked source, identified target", ALIAS, known("T"), anon("S"), CAP, REFUSED),
+    ("alias, both unmarked", ALIAS, anon("T"), anon("S"), CAP, REFUSED),
+    ("identify, identified source, unknown target", IDENTIFY, None, known("S"), CAP,
+     REFUSED_NEW_USER),
+    ("identify, identified source, unmarked target", IDENTIFY, anon("T"), known("S"), CAP,
+     REFUSED),
+    ("identify, identified source, identified target", IDENTIFY, known("T"), known("S"), CAP,
+     REFUSED),
+    ("alias, identified source, unknown target", ALIAS, None, known("S"), CAP, REFUSED_NEW_USER),
+    ("alias, identified source, identified target", ALIAS, known("T"), known("S"), CAP, REFUSED),
+    ("already_identified is checked before the cap", IDENTIFY, known("T", 9), known("S", 9), 10,
+     REFUSED),
+    ("already_identified before the cap, unmarked source", IDENTIFY, anon("T", 6), anon("S", 5),
+     10, REFUSED),
+    # The fusion an unmarked person used to allow: A (or P) sits in a legacy unmarked person that
+    # holds another user's id; joining U to it would make one person of two users.
+    ("no fusion: identify(U, A), A in an unmarked person", IDENTIFY, None, anon("S", 2), CAP,
+     REFUSED_NEW_USER),
+    ("no fusion: alias(P -> U), P in an unmarked person", ALIAS, known("T"), anon("S", 2), CAP,
+     REFUSED),
+    # Same person already: nothing to write, marked or not.
+    ("identify, same person, unmarked", IDENTIFY, anon("P", 2), anon("P", 2), CAP,
+     Decision("already_linked")),
     ("identify, same person, identified", IDENTIFY, known("P", 2), known("P", 2), CAP,
      Decision("already_linked")),
-    ("alias, same person, anonymous", ALIAS, anon("P", 2), anon("P", 2), CAP,
+    ("alias, same person, unmarked", ALIAS, anon("P", 2), anon("P", 2), CAP,
      Decision("already_linked")),
     ("alias, same person, identified", ALIAS, known("P", 2), known("P", 2), CAP,
      Decision("already_linked")),
+    ("forced alias, same person", FORCED, known("P", 2), known("P", 2), CAP,
+     Decision("already_linked")),
     ("same person past the cap is still linked", IDENTIFY, known("P", 50), known("P", 50), 10,
      Decision("already_linked")),
-    # The protective rule: an identified source is never merged away; the target still exists.
-    ("identify, identified source, unknown target", IDENTIFY, None, known("S"), CAP,
-     Decision("refused", "already_identified", create=("u",), identify=True)),
-    ("identify, identified source, anonymous target", IDENTIFY, anon("T"), known("S"), CAP,
-     Decision("refused", "already_identified", identify=True)),
-    ("identify, identified source, identified target", IDENTIFY, known("T"), known("S"), CAP,
-     Decision("refused", "already_identified")),
-    ("alias, identified source, unknown target", ALIAS, None, known("S"), CAP,
-     Decision("refused", "already_identified", create=("u",))),
-    ("alias, identified source, identified target", ALIAS, known("T"), known("S"), CAP,
-     Decision("refused", "already_identified")),
-    ("already_identified is checked before the cap", IDENTIFY, known("T", 9), known("S", 9), 10,
-     Decision("refused", "already_identified")),
-    # The documented opt-in: a forced alias merges an identified source.
+    # The documented opt-in: a forced alias merges another person, marked or not.
     ("forced alias, both identified", FORCED, known("T"), known("S"), CAP,
-     Decision("merged", merge=True, identify=True)),
-    ("forced alias, identified source, anonymous target", FORCED, anon("T"), known("S"), CAP,
-     Decision("merged", merge=True, identify=True)),
-    ("forced alias, identified source, unknown target", FORCED, None, known("S"), CAP,
-     Decision("attached", attach=("u",), identify=True)),
-    ("forced alias, anonymous source", FORCED, known("T"), anon("S"), CAP,
      Decision("merged", merge=True)),
-    ("forced alias still respects the cap", FORCED, known("T", 6), known("S", 5), 10,
+    ("forced alias, identified source, unmarked target", FORCED, anon("T"), known("S"), CAP,
+     Decision("merged", merge=True)),
+    ("forced alias, identified source, unknown target", FORCED, None, known("S"), CAP,
+     Decision("attached", attach=("u",))),
+    ("forced alias, unmarked source", FORCED, known("T"), anon("S"), CAP,
+     Decision("merged", merge=True)),
+    ("forced alias, unmarked source, unknown target", FORCED, None, anon("S", 3), CAP,
+     Decision("attached", attach=("u",))),
+    ("forced alias, unknown source", FORCED, known("T"), None, CAP,
+     Decision("attached", attach=("p",))),
+    ("forced alias, neither known", FORCED, None, None, CAP,
+     Decision("created", create=("u", "p"))),
+    # The cap: a merge to exactly max_ids is allowed, one more is refused, forced or not.
+    ("forced merge to exactly the cap", FORCED, known("T", 6), known("S", 4), 10,
+     Decision("merged", merge=True)),
+    ("forced merge to cap + 1", FORCED, known("T", 6), known("S", 5), 10,
      Decision("refused", "too_many_ids")),
-    # The cap: a merge to exactly max_ids is allowed, one more is refused.
-    ("merge to exactly the cap", IDENTIFY, known("T", 6), anon("S", 4), 10,
-     Decision("merged", merge=True, identify=True)),
-    ("merge to cap + 1", IDENTIFY, known("T", 6), anon("S", 5), 10,
-     Decision("refused", "too_many_ids")),
-    ("merge to cap + 1, anonymous target still identified", IDENTIFY, anon("T", 6), anon("S", 5),
-     10, Decision("refused", "too_many_ids", identify=True)),
-    ("alias merge to cap + 1", ALIAS, anon("T", 6), anon("S", 5), 10,
+    ("forced merge of unmarked persons to cap + 1", FORCED, anon("T", 6), anon("S", 5), 10,
      Decision("refused", "too_many_ids")),
     ("attach to a target at cap - 1", IDENTIFY, known("T", 9), None, 10,
-     Decision("attached", attach=("a",), identify=True)),
+     Decision("attached", attach=("a",))),
     ("attach to a full target", IDENTIFY, known("T", 10), None, 10,
      Decision("refused", "too_many_ids")),
-    ("user id joins a source at cap - 1", IDENTIFY, None, anon("S", 9), 10,
-     Decision("attached", attach=("u",), identify=True)),
-    ("user id joins a full source", IDENTIFY, None, anon("S", 10), 10,
-     Decision("refused", "too_many_ids", create=("u",), identify=True)),
+    ("forced: user id joins a source at cap - 1", FORCED, None, known("S", 9), 10,
+     Decision("attached", attach=("u",))),
+    ("forced: user id joins a full source", FORCED, None, known("S", 10), 10,
+     Decision("refused", "too_many_ids", create=("u",))),
     ("new pair within a cap of 2", IDENTIFY, None, None, 2,
-     Decision("created", create=("u", "a"), identify=True)),
+     Decision("created", create=("u", "a"))),
     ("new pair past a cap of 1", IDENTIFY, None, None, 1,
-     Decision("refused", "too_many_ids", create=("u",), identify=True)),
-    # identify without anonymousId: the user id's person exists and is identified.
+     Decision("refused", "too_many_ids", create=("u",))),
+    # identify without anonymousId: the user id's person exists; nothing else is written.
     ("identify alone, unknown", IdentityCall("identify", "u", None), None, None, CAP,
-     Decision("created", create=("u",), identify=True)),
-    ("identify alone, anonymous", IdentityCall("identify", "u", None), anon("T"), None, CAP,
-     Decision("identified", identify=True)),
+     Decision("created", create=("u",))),
+    ("identify alone, unmarked", IdentityCall("identify", "u", None), anon("T"), None, CAP,
+     Decision("already_linked")),
     ("identify alone, identified", IdentityCall("identify", "u", None), known("T"), None, CAP,
      Decision("already_linked")),
     ("identify alone ignores the cap", IdentityCall("identify", "u", None), known("T", 10), None,
      10, Decision("already_linked")),
     ("identify with anonymousId == userId", IdentityCall("identify", "u", "u"), None, None, CAP,
-     Decision("created", create=("u",), identify=True)),
-    # alias where the user id is the previous id: nothing to link, never identifies.
+     Decision("created", create=("u",))),
+    # alias where the user id is the previous id: nothing to link; the user's person exists.
     ("alias to itself, unknown", IdentityCall("alias", "u", "u"), None, None, CAP,
      Decision("created", create=("u",))),
-    ("alias to itself, anonymous", IdentityCall("alias", "u", "u"), anon("T"), anon("T"), CAP,
+    ("alias to itself, unmarked", IdentityCall("alias", "u", "u"), anon("T"), anon("T"), CAP,
      Decision("already_linked")),
     ("alias to itself, identified", IdentityCall("alias", "u", "u"), known("T"), known("T"), CAP,
      Decision("already_linked")),
 ]  # fmt: skip
+
+
+def test_the_case_names_are_unique() -> None:
+    names = [case[0] for case in CASES]
+    assert len(names) == len(set(names))
+
+
+def marked(person: Person | None, identified: bool) -> Person | None:
+    return None if person is None else replace(person, identified=identified)
 
 
 @pytest.mark.parametrize(
@@ -295,16 +320,20 @@ def test_decide(
     max_ids: int,
     expected: Decision,
 ) -> None:
-    decision = decide(call, target, source, max_ids)
-    assert decision == expected
-    assert decision.writes == bool(
-        expected.create or expected.attach or expected.merge or expected.identify
-    )
+    """Every person holds a userId, so a header stored unmarked decides like a marked one:
+    the decision is the same whichever way the persons' flags are set."""
+    for target_flag, source_flag in itertools.product((False, True), repeat=2):
+        same = target is not None and source is not None and target.id == source.id
+        flagged_source = marked(source, target_flag if same else source_flag)
+        decision = decide(call, marked(target, target_flag), flagged_source, max_ids)
+        assert decision == expected
+        assert decision.writes == bool(expected.create or expected.attach or expected.merge)
 
 
 def test_every_outcome_is_reached_by_the_table() -> None:
+    assert set(get_args(Outcome)) == {"created", "attached", "merged", "already_linked", "refused"}
     outcomes = {case[-1].outcome for case in CASES}
-    assert outcomes == {"created", "attached", "merged", "identified", "already_linked", "refused"}
+    assert outcomes == set(get_args(Outcome))
     reasons = {case[-1].reason for case in CASES if case[-1].outcome == "refused"}
     assert reasons == {"already_identified", "too_many_ids"}
 
@@ -315,11 +344,32 @@ def test_a_refusal_never_moves_or_attaches_ids() -> None:
         if decision.outcome == "refused":
             assert not decision.merge and not decision.attach
             assert decision.create in ((), (call.user_id,))
+            # It creates the user id's person exactly when that person is missing.
+            assert bool(decision.create) == (target is None)
 
 
-def test_already_linked_writes_nothing() -> None:
+def test_an_unforced_call_never_joins_another_person() -> None:
+    """The no-fusion rule over the whole table: without force, a call whose other id is in a
+    person the user id is not in is refused, and a call never attaches the user id elsewhere."""
+    for name, call, target, source, max_ids, _ in CASES:
+        decision = decide(call, target, source, max_ids)
+        if call.force:
+            continue
+        assert not decision.merge, name
+        assert call.user_id not in decision.attach, name
+        if source is not None and (target is None or target.id != source.id):
+            assert (decision.outcome, decision.reason) == ("refused", "already_identified"), name
+
+
+def test_only_a_write_is_a_write() -> None:
     assert not Decision("already_linked").writes
-    assert Decision("identified", identify=True).writes
+    assert not Decision("refused", "already_identified").writes
+    assert not Decision("refused", "too_many_ids").writes
+    assert Decision("refused", "already_identified", create=("u",)).writes
+    assert Decision("created", create=("u", "a")).writes
+    assert Decision("attached", attach=("a",)).writes
+    assert Decision("merged", merge=True).writes
+    assert "identify" not in Decision.__dataclass_fields__
 
 
 # --- IdentityCall.from_message ---------------------------------------------------------------

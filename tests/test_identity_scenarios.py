@@ -251,18 +251,57 @@ def test_alias_at_signup(server: LocalApiGateway, aws: Aws, clients: Clients):
     aliased = browser.alias(user)
     flush(browser)
     after_alias = person(server, user)
-    assert after_alias is not None and after_alias["identified"] is False  # alias names nobody
-    identified = browser.identify(user)
-    flush(browser)
-
-    found = person(server, user)
-    assert found == {
+    # The alias named the user: one identified person already (issue 7).
+    assert after_alias == {
         "personId": after_alias["personId"],
         "identified": True,
         "distinctIds": sorted([browser.anonymous_id, user]),
     }
+    identified = browser.identify(user)
+    flush(browser)
+
+    found = person(server, user)
+    assert found == after_alias
+    assert person(server, browser.anonymous_id) == found
     assert outcome(aws, aliased) == {"outcome": "created", "personId": found["personId"]}
-    assert outcome(aws, identified) == {"outcome": "identified", "personId": found["personId"]}
+    # Nothing left to do: Mixpanel's alias-before-identify ends in one person either way.
+    assert outcome(aws, identified) == {"outcome": "already_linked", "personId": found["personId"]}
+
+
+def test_alias_then_another_login_on_the_same_device_refuses(
+    server: LocalApiGateway, aws: Aws, clients: Clients
+):
+    """alias(anon -> alice) at signup; later bob logs in on the same browser without a reset,
+    so his identify carries alice's anonymous id: refused, and the two stay apart."""
+    browser, alice, bob = Device(clients("segment")), new_user(), new_user()
+    anon = browser.anonymous_id
+    browser.browse("Home", "Signup")
+    aliased = browser.alias(alice)
+    flush(browser)
+    alices = person(server, alice)
+    assert alices is not None
+    assert alices == {
+        "personId": alices["personId"],
+        "identified": True,
+        "distinctIds": sorted([anon, alice]),
+    }
+    cold_start()  # another day, another Lambda: the rule, not a warm cache, decides
+    bob_login = browser.identify(bob)
+    browser.browse("Inbox")
+    flush(browser)
+
+    bobs = person(server, bob)
+    assert bobs is not None
+    assert bobs == {"personId": bobs["personId"], "identified": True, "distinctIds": [bob]}
+    assert bobs["personId"] != alices["personId"]
+    assert person(server, alice) == alices
+    assert person(server, anon) == alices
+    assert outcome(aws, aliased) == {"outcome": "created", "personId": alices["personId"]}
+    assert outcome(aws, bob_login) == {
+        "outcome": "refused",
+        "personId": bobs["personId"],
+        "reason": "already_identified",
+    }
 
 
 @pytest.mark.parametrize("bogus", ["null", "undefined"])

@@ -15,10 +15,11 @@ from collector import api
 from collector.auth import Source, SourceCache
 from collector.config import Settings
 from collector.ingest import Collector, IncomingRequest
+from collector.ledger import Ledger
 from collector.storage import EventStore
 from collector.tools.localapi import LocalApiGateway
 
-from .conftest import Aws
+from .conftest import BUCKET, TABLE, Aws
 
 
 def test_segment_client_retry_after_a_lost_response_stores_once(aws: Aws, write_key: str) -> None:
@@ -60,14 +61,25 @@ class Clock:
         return self.now
 
 
+SETTINGS = Settings(events_bucket=BUCKET, identity_table=TABLE)
+
+
 @pytest.fixture
 def collector_at(aws: Aws) -> Any:
-    """A collector on moto's S3 whose clock the test sets; the source is fixed."""
+    """A collector on moto's S3 and DynamoDB whose clock the test sets; the source is fixed."""
     clock = Clock(datetime(2026, 11, 22, 10, 59, 58, tzinfo=UTC))
+    ledger = Ledger(
+        aws.dynamodb,
+        aws.table,
+        window_seconds=SETTINGS.dedupe_window_hours * 3600,
+        lease_seconds=SETTINGS.claim_lease_seconds,
+        clock=lambda: clock.now.timestamp(),
+    )
     collector = Collector(
-        Settings(events_bucket=aws.bucket, identity_table=aws.table),
+        SETTINGS,
         SourceCache(lambda _: Source("src-1", "web"), ttl=60),
         EventStore(aws.s3, aws.bucket),
+        ledger=ledger,
         clock=clock,
     )
     return collector, clock
@@ -103,12 +115,13 @@ def batch_request(sent_at: datetime, happened: datetime, request_id: str) -> Inc
         (timedelta(seconds=30), timedelta(0)),
         (timedelta(minutes=40), timedelta(0)),
         (timedelta(hours=5), timedelta(0)),
+        (timedelta(hours=23), timedelta(0)),
         (timedelta(minutes=40), timedelta(hours=-3)),
         (timedelta(minutes=40), timedelta(hours=7)),
     ],
-    ids=["same-hour", "next-hour", "five-hours", "client-3h-behind", "client-7h-ahead"],
+    ids=["same-hour", "next-hour", "five-hours", "23-hours", "client-3h-behind", "client-7h-ahead"],
 )
-def test_retry_in_a_later_partition_is_recognised(
+def test_a_retry_within_the_window_is_recognised(
     collector_at: Any, aws: Aws, delay: timedelta, client_skew: timedelta
 ) -> None:
     collector, clock = collector_at
@@ -118,26 +131,26 @@ def test_retry_in_a_later_partition_is_recognised(
     clock.now += delay
     retry = collector.ingest(batch_request(first_sent + delay, happened, "req-2"))
 
-    assert (first.duplicate, retry.duplicate) == (False, True)
+    assert (first.duplicates, retry.duplicates) == (0, 3)
     assert retry.accepted == 3
     [key] = aws.keys("events/")
     assert "/dt=2026-11-22/hour=10/" in key
     assert {event["collector"]["requestId"] for event in aws.stored()} == {"req-1"}
 
 
-def test_retry_beyond_the_lookback_is_stored_again(collector_at: Any, aws: Aws) -> None:
-    """The documented limit: after DEDUPE_LOOKBACK_HOURS a retry is a new request."""
+def test_a_retry_after_the_window_is_stored_again(collector_at: Any, aws: Aws) -> None:
+    """The documented limit: after DEDUPE_WINDOW_HOURS a message is new again."""
     collector, clock = collector_at
     sent = clock.now
     collector.ingest(batch_request(sent, sent - timedelta(seconds=1), "req-1"))
-    late = Settings(events_bucket="b", identity_table="t").dedupe_lookback_hours + 1
+    late = SETTINGS.dedupe_window_hours + 1
     clock.now += timedelta(hours=late)
     retry = collector.ingest(batch_request(sent + timedelta(hours=late), sent, "req-2"))
-    assert retry.duplicate is False
+    assert retry.duplicates == 0
     assert len(aws.keys("events/")) == 2
 
 
-def test_a_different_batch_in_the_same_hour_is_not_a_duplicate(collector_at: Any, aws: Aws) -> None:
+def test_a_recomposed_batch_stores_only_its_new_message(collector_at: Any, aws: Aws) -> None:
     collector, clock = collector_at
     first = batch_request(clock.now, clock.now, "req-1")
     other_body = orjson.loads(base64.b64decode(first.body or ""))
@@ -148,9 +161,10 @@ def test_a_different_batch_in_the_same_hour_is_not_a_duplicate(collector_at: Any
         is_base64_encoded=True,
         request_id="req-2",
     )
-    assert collector.ingest(first).duplicate is False
-    assert collector.ingest(other).duplicate is False
+    assert collector.ingest(first).duplicates == 0
+    assert collector.ingest(other).duplicates == 2
     assert len(aws.keys("events/")) == 2
+    assert sorted(event["messageId"] for event in aws.stored()) == ["m-0", "m-1", "m-2", "m-other"]
 
 
 def test_a_fresh_request_makes_one_put_and_no_other_s3_call(collector_at: Any, aws: Aws) -> None:
@@ -158,5 +172,11 @@ def test_a_fresh_request_makes_one_put_and_no_other_s3_call(collector_at: Any, a
     clock.now = clock.now.replace(minute=30)
     calls: list[str] = []
     aws.s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    tables: list[str] = []
+    aws.dynamodb.meta.events.register(
+        "before-call.dynamodb", lambda model, **_: tables.append(model.name)
+    )
     collector.ingest(batch_request(clock.now, clock.now - timedelta(seconds=1), "req-1"))
     assert calls == ["PutObject"]
+    # The ledger: one read and one conditional claim for the batch, not a call per message.
+    assert tables == ["BatchGetItem", "TransactWriteItems"]

@@ -1,14 +1,13 @@
-"""The S3 layout: Hive partitions on receive time, request fingerprints, the retry lookback."""
+"""The S3 layout: Hive partitions on receive time, fingerprints, gzip NDJSON."""
 
 from __future__ import annotations
 
 import gzip
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.storage import earlier_hours, fingerprint, gzip_lines, object_key
+from collector.storage import fingerprint, gzip_lines, object_key
 
 moments = st.datetimes(
     min_value=datetime(2020, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC)
@@ -36,27 +35,3 @@ def test_gzip_lines_round_trips_newline_delimited_json() -> None:
     body = gzip_lines([b'{"a":1}', b'{"b":2}'], level=5)
     assert gzip.decompress(body) == b'{"a":1}\n{"b":2}\n'
     assert body == gzip_lines([b'{"a":1}', b'{"b":2}'], level=5)
-
-
-@given(received=moments, age=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3)))
-def test_earlier_hours_cover_every_hour_a_first_attempt_could_have_landed_in(
-    received: datetime, age: timedelta
-) -> None:
-    newest_message = received - age
-    hours = earlier_hours(received, newest_message, max_hours=24)
-    this_hour = received.replace(minute=0, second=0, microsecond=0)
-    assert all(hour < this_hour and hour.minute == hour.second == 0 for hour in hours)
-    assert hours == sorted(hours, reverse=True)
-    assert len(hours) <= 24
-    first_possible_hour = newest_message.replace(minute=0, second=0, microsecond=0)
-    if this_hour - first_possible_hour <= timedelta(hours=24):
-        # Every partition from the newest message's hour up to now is looked in.
-        assert set(hours) >= {
-            this_hour - timedelta(hours=n)
-            for n in range(1, int((this_hour - first_possible_hour) / timedelta(hours=1)) + 1)
-        }
-
-
-def test_a_fresh_request_mid_hour_looks_nowhere_else() -> None:
-    received = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
-    assert earlier_hours(received, received - timedelta(seconds=2), max_hours=24) == []

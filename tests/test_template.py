@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.helpers import REGIONS
 
+from collector.config import Settings
 from collector.tools.localapi import ROUTES
 from collector.tools.resources import (
     BUCKET_RESOURCE,
@@ -157,3 +159,18 @@ def test_function_puts_objects_only_under_events_and_rejected(template: dict[str
         "${EventsBucket.Arn}/events/*",
         "${EventsBucket.Arn}/rejected/*",
     ]
+
+
+def test_the_dedupe_settings_reach_the_function_and_the_lease_outlives_it(
+    template: dict[str, Any],
+) -> None:
+    function = properties(template, FUNCTION)
+    variables = function["Environment"]["Variables"]
+    assert variables["DEDUPE_SCOPE"] == {"Ref": "DedupeScope"}
+    assert variables["DEDUPE_WINDOW_HOURS"] == {"Ref": "DedupeWindowHours"}
+    assert template["Parameters"]["DedupeScope"]["AllowedValues"] == ["message", "request"]
+    assert template["Parameters"]["DedupeScope"]["Default"] == "message"
+    # A takeover after the lease must never race an invocation still writing.
+    assert float(variables["CLAIM_LEASE_SECONDS"]) >= 2 * function["Timeout"]
+    settings = {field.name.upper() for field in fields(Settings)}
+    assert {name for name in variables if not name.startswith("POWERTOOLS_")} <= settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import cache
 from typing import Any
@@ -23,10 +24,11 @@ from botocore.config import Config
 
 from .auth import SourceCache
 from .config import Settings
-from .errors import RequestRefused, StorageUnavailable
+from .errors import MessagesInFlight, RequestRefused, StorageUnavailable
 from .identity import BLOCKED_ANY_CASE
 from .identity_store import IdentityGraph
 from .ingest import Collector, IncomingRequest, IngestResult
+from .ledger import Ledger
 from .sources import SourceRegistry
 from .storage import EventStore
 
@@ -64,11 +66,20 @@ def collector() -> Collector:
     """Built on first use, then reused by every request the warm Lambda serves."""
     config = settings()
     registry = SourceRegistry(aws_client("dynamodb"), config.identity_table)
+    ledger = None
+    if config.dedupe_scope == "message":
+        ledger = Ledger(
+            aws_client("dynamodb"),
+            config.identity_table,
+            window_seconds=config.dedupe_window_hours * 3600,
+            lease_seconds=config.claim_lease_seconds,
+        )
     return Collector(
         config,
         SourceCache(registry.lookup, config.source_cache_seconds),
         EventStore(aws_client("s3"), config.events_bucket),
         identity_graph(),
+        ledger,
     )
 
 
@@ -146,16 +157,22 @@ def refused(exc: RequestRefused) -> Response[Any]:
 
 @app.exception_handler(StorageUnavailable)
 def unavailable(exc: StorageUnavailable) -> Response[Any]:
-    logger.warning("storage unavailable", extra={"reason": str(exc)})
+    logger.warning("storage unavailable", extra={"code": exc.code, "reason": str(exc)})
     metrics.add_metric(name="StorageFailures", unit=MetricUnit.Count, value=1)
     retry_after = settings().retry_after_seconds
+    if exc.retry_after is not None:
+        retry_after = max(1, math.ceil(exc.retry_after))
+    what = (
+        "Some of these messages are being stored by a concurrent request"
+        if isinstance(exc, MessagesInFlight)
+        else "Storage is briefly unavailable"
+    )
     return _json(
         503,
         {
             "success": False,
-            "code": "storage_unavailable",
-            "message": "Storage is briefly unavailable; nothing was lost. "
-            f"Retry in {retry_after} s.",
+            "code": exc.code,
+            "message": f"{what}; nothing was lost. Retry in {retry_after} s.",
         },
         headers={"Retry-After": str(retry_after)},
     )
@@ -205,7 +222,7 @@ def _record(result: IngestResult) -> None:
             "accepted": result.accepted,
             "rejected": [rejection.as_json() for rejection in result.rejected],
             "bytes": result.body_bytes,
-            "duplicate": result.duplicate,
+            "duplicates": result.duplicates,
             "identity": dict(result.identity_outcomes),
         },
     )

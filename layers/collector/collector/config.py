@@ -17,8 +17,13 @@ class Settings:
     max_batch_messages: int = 2500
     # A revoked write key keeps working in a warm Lambda for at most this long.
     source_cache_seconds: float = 60.0
-    # How far back a retried request is looked for in earlier hour partitions.
-    dedupe_lookback_hours: int = 24
+    # "message": each (source, messageId) is stored once within the window, however it is
+    # batched; "request": only a retry of the same batch within the same hour is recognised.
+    dedupe_scope: str = "message"
+    dedupe_window_hours: int = 24
+    # How long a claimed message stays reserved for the request storing it: longer than the
+    # function can run, so a takeover never races a writer still alive.
+    claim_lease_seconds: float = 30.0
     retry_after_seconds: int = 5
     gzip_level: int = 5
     # Identity: a person may hold at most this many distinct ids; a merge past it is refused.

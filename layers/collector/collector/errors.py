@@ -36,6 +36,19 @@ class UnsupportedMediaType(RequestRefused):
 class StorageUnavailable(Exception):
     """S3 or DynamoDB failed in a way a retry of the same request can fix."""
 
+    code = "storage_unavailable"
+    retry_after: float | None = None
+
+
+class MessagesInFlight(StorageUnavailable):
+    """Some messages are being stored by a concurrent request; retry once its lease ends."""
+
+    code = "messages_in_flight"
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
 
 class NotFound(RequestRefused):
     status = 404

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -53,6 +54,23 @@ class PersonView:
         }
 
 
+class DecisionLog(Protocol):
+    """Where one call's outcome is recorded, once: in the same transaction as the graph change
+    it decided, so a retry of the call finds the decision instead of making another."""
+
+    def record_item(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        """A transaction item that records `outcome`; it fails if a decision is recorded."""
+        ...
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The outcome recorded for this call (by a concurrent twin of it), if any."""
+        ...
+
+    def defer(self, outcome: dict[str, Any]) -> None:
+        """Record an outcome that changed nothing in the graph (batched by the caller)."""
+        ...
+
+
 class _Conflict(Exception):
     """Another writer changed a person between our read and our write."""
 
@@ -82,19 +100,22 @@ class IdentityGraph:
         self._clock = clock
         self._settled: dict[str, tuple[str, float]] = {}
 
-    def resolve(self, message: dict[str, Any], allow_force: bool = True) -> dict[str, Any]:
+    def resolve(
+        self, message: dict[str, Any], allow_force: bool = True, log: DecisionLog | None = None
+    ) -> dict[str, Any]:
         """The outcome of a validated identify or alias message (it has a userId); a forced
         merge it asks for is honoured only with `allow_force` (the sending source's right)."""
         call = IdentityCall.from_message(message)
         if call.force and not allow_force:
             call = replace(call, force=False)
-        return self.apply(call)
+        return self.apply(call, log)
 
-    def apply(self, call: IdentityCall) -> dict[str, Any]:
-        """Decide and write one call; returns the outcome stored with its event."""
+    def apply(self, call: IdentityCall, log: DecisionLog | None = None) -> dict[str, Any]:
+        """Decide and write one call; returns the outcome stored with its event, recorded in
+        `log` (when given) exactly once."""
         user_refusal = refusal_reason(call.user_id, self._blocked)
         if user_refusal is not None:
-            return _outcome(call, "refused", None, f"userId {user_refusal}")
+            return _unwritten(log, _outcome(call, "refused", None, f"userId {user_refusal}"))
         if call.source_id == call.user_id:
             call = replace(call, source_id=None)  # linking an id to itself asks for nothing more
         source_refusal = None
@@ -102,25 +123,32 @@ class IdentityGraph:
             source_refusal = refusal_reason(call.source_id, self._blocked)
             if source_refusal is not None:
                 call = replace(call, source_id=None)
+
+        def final(outcome: str, person_id: str | None, reason: str | None = None) -> dict[str, Any]:
+            if source_refusal is not None:
+                return _outcome(call, "refused", person_id, f"sourceId {source_refusal}")
+            return _outcome(call, outcome, person_id, reason)
+
         cached = self._cached(call)
         if cached is not None:
-            if source_refusal is not None:
-                return _outcome(call, "refused", cached, f"sourceId {source_refusal}")
-            return _outcome(call, "already_linked", cached)
+            return _unwritten(log, final("already_linked", cached))
         for _ in range(self._attempts):
             target, source = self._persons(call.user_id, call.source_id)
             decision = decide(call, target, source, self._max_ids)
+
+            recording = partial(_records, log, final, decision)
             try:
-                person_id = self._write(decision, call, target, source)
+                person_id = self._write(decision, call, target, source, recording)
             except _Conflict:
+                if log is not None and (recorded := log.recorded()) is not None:
+                    return recorded  # a twin of this call decided it first
                 continue
             if decision.merge and source is not None:
                 self._forget(source.id)
             self._remember(call, decision, person_id)
-            if source_refusal is not None:
-                return _outcome(call, "refused", person_id, f"sourceId {source_refusal}")
-            return _outcome(call, decision.outcome, person_id, decision.reason)
-        return _outcome(call, "refused", None, "merge_race_condition")
+            outcome = final(decision.outcome, person_id, decision.reason)
+            return outcome if decision.writes else _unwritten(log, outcome)
+        return _unwritten(log, _outcome(call, "refused", None, "merge_race_condition"))
 
     def view(self, distinct_id: str) -> PersonView | None:
         """The person `distinct_id` belongs to: one read and one query."""
@@ -195,40 +223,44 @@ class IdentityGraph:
     # --- writing ------------------------------------------------------------------------------
 
     def _write(
-        self, decision: Decision, call: IdentityCall, target: Person | None, source: Person | None
+        self,
+        decision: Decision,
+        call: IdentityCall,
+        target: Person | None,
+        source: Person | None,
+        recording: Callable[[str | None], list[dict[str, Any]]],
     ) -> str | None:
-        """Carry out `decision`; returns the person id the call's user id ends up in."""
+        """Carry out `decision`, with the items `recording` gives for the resulting person in
+        the first transaction; returns the person id the call's user id ends up in."""
         if decision.create:
             person_id = uuid.uuid4().hex
-            self._transact(_create(person_id, decision.create, decision.identify))
+            self._transact([*_create(person_id, decision.create), *recording(person_id)])
             return person_id
         if decision.attach:
             person = target or source
             assert person is not None
-            self._transact(_grow(person, decision.attach, decision.identify))
+            self._transact([*_grow(person, decision.attach), *recording(person.id)])
             return person.id
         if decision.merge:
             assert target is not None and source is not None
-            self._merge(source, target, decision.identify)
+            self._merge(source, target, recording(target.id))
             return target.id
-        if decision.identify:
-            assert target is not None
-            self._transact([_update_header(target, 0, identify=True)])
         return target.id if target else (source.id if source else None)
 
-    def _merge(self, source: Person, target: Person, identify: bool) -> None:
+    def _merge(self, source: Person, target: Person, recording: list[dict[str, Any]]) -> None:
         """Move every id of `source` into `target`: one transaction when it fits, else a locked
         source moved in chunks, which any later reader finishes if this Lambda stops midway."""
         moved = [item["sk"]["S"][3:] for item in self._query_person(source.id, ids_only=True)]
         if len(moved) != source.size:
             raise _Conflict
         if len(moved) <= _IDS_PER_TRANSACTION:
-            grow_target = _update_header(target, len(moved), identify)
+            grow_target = _update_header(target, len(moved))
             self._transact(
                 [
                     *_move(moved, source.id, target.id),
                     {"Delete": {"Key": _person_key(source.id), **_condition_version(source)}},
                     grow_target,
+                    *recording,
                 ]
             )
             return
@@ -240,8 +272,8 @@ class IdentityGraph:
             }
         }
         # Both sides are marked, so a reader that reaches either finishes the merge.
-        absorb = _update_header(target, len(moved), identify, absorbing=source.id)
-        self._transact([lock, absorb])
+        absorb = _update_header(target, len(moved), absorbing=source.id)
+        self._transact([lock, absorb, *recording])
         self._finish_merge(source.id, target.id)
 
     def _finish_merge(self, source_id: str, target_id: str) -> None:
@@ -316,10 +348,9 @@ class IdentityGraph:
             del self._settled[distinct_id]
 
     def _remember(self, call: IdentityCall, decision: Decision, person_id: str | None) -> None:
-        """Cache what can never become false: ids sharing an identified person."""
+        """Cache what can never become false: ids sharing a person (every person is identified,
+        so only a forced merge can change which person that is)."""
         if person_id is None or decision.outcome == "refused":
-            return
-        if call.kind != "identify" and not decision.identify:
             return
         if len(self._settled) >= _WARM_CACHE_LIMIT:
             self._settled.clear()
@@ -327,6 +358,25 @@ class IdentityGraph:
         for distinct_id in (call.user_id, call.source_id):
             if distinct_id is not None:
                 self._settled[distinct_id] = (person_id, expiry)
+
+
+def _records(
+    log: DecisionLog | None,
+    final: Callable[..., dict[str, Any]],
+    decision: Decision,
+    person_id: str | None,
+) -> list[dict[str, Any]]:
+    """The transaction items that record `decision`'s outcome for `person_id` in the log."""
+    if log is None:
+        return []
+    return [log.record_item(final(decision.outcome, person_id, decision.reason))]
+
+
+def _unwritten(log: DecisionLog | None, outcome: dict[str, Any]) -> dict[str, Any]:
+    """An outcome that changed nothing in the graph, recorded through the log's batch."""
+    if log is not None:
+        log.defer(outcome)
+    return outcome
 
 
 def _outcome(
@@ -394,10 +444,10 @@ def _new_pointers(person_id: str, ids: tuple[str, ...]) -> list[dict[str, Any]]:
     return items
 
 
-def _create(person_id: str, ids: tuple[str, ...], identified: bool) -> list[dict[str, Any]]:
+def _create(person_id: str, ids: tuple[str, ...]) -> list[dict[str, Any]]:
     header = {
         **_person_key(person_id),
-        "isIdentified": {"BOOL": identified},
+        "isIdentified": {"BOOL": True},
         "idCount": {"N": str(len(ids))},
         "personVersion": {"N": "1"},
         "createdAt": {"S": datetime.now(UTC).isoformat(timespec="milliseconds")},
@@ -406,20 +456,22 @@ def _create(person_id: str, ids: tuple[str, ...], identified: bool) -> list[dict
     return [*_new_pointers(person_id, ids), put_header]
 
 
-def _grow(person: Person, ids: tuple[str, ...], identify: bool) -> list[dict[str, Any]]:
-    return [*_new_pointers(person.id, ids), _update_header(person, len(ids), identify)]
+def _grow(person: Person, ids: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [*_new_pointers(person.id, ids), _update_header(person, len(ids))]
 
 
-def _update_header(
-    person: Person, added: int, identify: bool, absorbing: str | None = None
-) -> dict[str, Any]:
-    """Bump a person's version (and size, and identified) if nobody changed it since our read."""
+def _update_header(person: Person, added: int, absorbing: str | None = None) -> dict[str, Any]:
+    """Bump a person's version and size if nobody changed it since our read; it holds a userId,
+    so it is identified (which marks a person an older version stored unmarked)."""
     # Attribute names are compound words: DynamoDB reserves plain ones like SIZE or IDENTIFIED.
-    assignments = "idCount = idCount + :added, personVersion = personVersion + :one"
-    values: dict[str, Any] = {":added": {"N": str(added)}, ":one": {"N": "1"}}
-    if identify:
-        assignments += ", isIdentified = :true"
-        values[":true"] = {"BOOL": True}
+    assignments = (
+        "idCount = idCount + :added, personVersion = personVersion + :one, isIdentified = :true"
+    )
+    values: dict[str, Any] = {
+        ":added": {"N": str(added)},
+        ":one": {"N": "1"},
+        ":true": {"BOOL": True},
+    }
     if absorbing is not None:
         assignments += ", absorbing = :absorbing"
         values[":absorbing"] = {"S": absorbing}

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, cast
 
 import orjson
+import pybase64
 
 from .auth import Source, SourceCache, write_key_from
 from .config import Settings
-from .decoding import decompress, parse_object, request_bytes
-from .errors import BadRequest, NotFound
+from .decoding import ParsedBody, decompress, parse_object, request_bytes
+from .errors import BadRequest, MessagesInFlight, NotFound, StorageUnavailable
 from .identity_store import IdentityGraph
+from .ledger import ClaimLost, Entry, Ledger, Plan, RequestDecisions, plan
 from .stamping import COLLECTOR_FIELD, RequestStamp, stamp
-from .storage import (
-    EVENTS_PREFIX,
-    REJECTED_PREFIX,
-    EventStore,
-    earlier_hours,
-    fingerprint,
-    gzip_lines,
-)
+from .storage import EVENTS_PREFIX, REJECTED_PREFIX, EventStore, fingerprint, gzip_lines, object_key
 from .validation import InvalidMessage, parse_timestamp, validate_messages
 
 # Route name -> message type; the one-letter names are analytics.js 2.0's short paths.
@@ -45,9 +40,8 @@ SINGLE_CALLS = {
 }
 BATCH_CALLS = frozenset({"batch", "b", "import"})
 IDENTITY_TYPES = frozenset({"identify", "alias"})
-# Applies one identify or alias message to the identity graph; returns the outcome record.
-ResolveIdentity = Callable[[dict[str, Any]], dict[str, Any]]
 _ENVELOPE_OBJECTS = ("context", "integrations")
+_MERGED_ENVELOPE = frozenset({("context",), ("integrations",), ("sentAt",)})
 _DUMPS_OPTIONS = orjson.OPT_UTC_Z
 
 
@@ -80,13 +74,14 @@ class Rejection:
 class Processed:
     """The messages of one request after validation and stamping, ready to store."""
 
+    messages: list[dict[str, Any]]
     lines: list[bytes]
     rejected: list[tuple[Rejection, object]]
-    # Accepted ids in order, then rejected ones: the request's identity for retries.
+    # The accepted messages' ids, in order.
     message_ids: list[str]
     per_type: Counter[str]
-    newest: datetime | None
-    identity_outcomes: Counter[str]
+    # Positions of the identify and alias calls that name a userId: the graph's business.
+    identity_calls: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +92,18 @@ class IngestResult:
     per_type: Counter[str]
     # The body after base64 and gzip were undone: what the client sent.
     body_bytes: int
-    duplicate: bool
+    # Accepted messages an earlier request had stored already (not written again).
+    duplicates: int
     # "merged", "refused:already_identified", ... -> how many of this request's calls had it.
     identity_outcomes: Counter[str]
 
 
 class Collector:
-    """Ingests requests for one deployment: its limits, its sources and its bucket."""
+    """Ingests requests for one deployment: its limits, its sources, its bucket and its ledger.
+
+    Without a ledger, messages are deduplicated per request only (a retry of the same batch in
+    the same hour); with one, per message over the ledger's window.
+    """
 
     def __init__(
         self,
@@ -111,12 +111,14 @@ class Collector:
         sources: SourceCache,
         store: EventStore,
         identity: IdentityGraph | None = None,
+        ledger: Ledger | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._sources = sources
         self._store = store
         self._identity = identity
+        self._ledger = ledger
         self._clock = clock
 
     def ingest(self, request: IncomingRequest) -> IngestResult:
@@ -127,31 +129,40 @@ class Collector:
             request.content_encoding,
             self._settings.max_request_bytes,
         )
-        body = parse_object(raw)
+        try:
+            parsed = parse_object(raw)
+        except BadRequest as exc:
+            self._keep_unreadable(raw, exc, request, received_at)
+            raise
+        body = parsed.value
         source = self._sources.source_for(write_key_from(request.authorization, body))
         if call_type is None:
             items, envelope_problems, stamp_ = self._unpack_batch(
                 body, request, received_at, source
             )
+            item_problems = _batch_flaws(parsed, envelope_problems)
         else:
             # The route says what the call is, whatever the body's type says.
             items, envelope_problems = [{**body, "type": call_type}], []
             stamp_ = RequestStamp(received_at, source.id, request.request_id, request.ip)
-        resolve = None
-        if self._identity is not None:
-            resolve = partial(self._identity.resolve, allow_force=source.may_force_merge)
+            item_problems = {0: [flaw.reason() for flaw in parsed.flaws]} if parsed.flaws else {}
         processed = process(
-            items, stamp_, self._settings.max_message_bytes, envelope_problems, resolve
+            items, stamp_, self._settings.max_message_bytes, envelope_problems, item_problems
         )
-        duplicate = self._store_processed(processed, stamp_)
+        outcomes: Counter[str] = Counter()
+        duplicates = 0
+        if processed.lines:
+            duplicates, outcomes = self._store_events(processed, stamp_, source)
+        if processed.rejected:
+            self._store_rejected(processed, stamp_)
         return IngestResult(
             source=source,
             accepted=len(processed.lines),
             rejected=[rejection for rejection, _ in processed.rejected],
             per_type=processed.per_type,
             body_bytes=len(raw),
-            duplicate=duplicate,
-            identity_outcomes=processed.identity_outcomes,
+            duplicates=duplicates,
+            identity_outcomes=outcomes,
         )
 
     def _unpack_batch(
@@ -190,35 +201,134 @@ class Collector:
         )
         return items, problems, stamp_
 
-    def _store_processed(self, processed: Processed, request: RequestStamp) -> bool:
-        """Write the events object and, when needed, the rejected one; True if all existed."""
-        settings = self._settings
-        request_fingerprint = fingerprint(request.source_id, processed.message_ids)
-        earlier = (
-            earlier_hours(request.received_at, processed.newest, settings.dedupe_lookback_hours)
-            if processed.newest is not None
-            else []
-        )
-        metadata = {"source-id": request.source_id, "request-id": request.request_id}
-        objects = {
-            EVENTS_PREFIX: processed.lines,
-            REJECTED_PREFIX: [
-                rejected_line(rej, item, request) for rej, item in processed.rejected
-            ],
-        }
-        written = [
-            self._store.put_once(
-                prefix,
-                request.received_at,
-                request_fingerprint,
-                gzip_lines(lines, settings.gzip_level),
-                earlier,
-                metadata,
-            )[1]
-            for prefix, lines in objects.items()
-            if lines
+    def _store_events(
+        self, processed: Processed, request: RequestStamp, source: Source
+    ) -> tuple[int, Counter[str]]:
+        """Store each accepted message once: claim it in the ledger, decide its identity call,
+        write the object. Returns how many were stored before, and the identity outcomes."""
+        ids = processed.message_ids
+
+        def key_for(chosen: list[str]) -> str:
+            name = fingerprint(request.source_id, sorted(chosen))
+            return object_key(EVENTS_PREFIX, request.received_at, name)
+
+        if self._ledger is None:
+            todo, key = Plan(write=[*range(len(ids))], previous={}), key_for(ids)
+        else:
+            todo, key = plan(
+                ids,
+                self._ledger.read(request.source_id, ids),
+                _memoised(self._store.exists),
+                key_for,
+                request.received_at.timestamp(),
+            )
+        outcomes: Counter[str] = Counter()
+        if todo.write:
+            outcomes = self._write(processed, todo, key, request, source)
+        if todo.busy:
+            wait = todo.busy_until - request.received_at.timestamp()
+            raise MessagesInFlight(f"{len(todo.busy)} messages are being stored elsewhere", wait)
+        return len(todo.duplicates), outcomes
+
+    def _write(
+        self, processed: Processed, todo: Plan, key: str, request: RequestStamp, source: Source
+    ) -> Counter[str]:
+        """Claim, decide and write the planned messages; a failure leaves nothing half done
+        that a retry cannot finish (the claims keep the identity decisions made)."""
+        ledger = self._ledger
+        ids = processed.message_ids
+        claimed = [ids[p] for p in todo.write] if todo.duplicates or todo.busy else ids
+        lease_until = None
+        if ledger is not None:
+            previous = {ids[p]: entry for p, entry in todo.previous.items()}
+            try:
+                lease_until = ledger.claim(request.source_id, claimed, previous, key)
+            except ClaimLost:
+                raise MessagesInFlight("a concurrent request claimed these messages", 1) from None
+        try:
+            outcomes = self._decide_identities(processed, todo, key, source)
+            if lease_until is not None and ledger is not None:
+                ledger.check_lease(lease_until)
+            lines = (
+                processed.lines
+                if len(claimed) == len(ids)
+                else [processed.lines[p] for p in todo.write]
+            )
+            self._store.put_new(
+                key,
+                gzip_lines(lines, self._settings.gzip_level),
+                {"source-id": request.source_id, "request-id": request.request_id},
+            )
+        except StorageUnavailable:
+            # Answered 503 even if the object got written after all: the retry finds it.
+            if ledger is not None and _absent(self._store, key):
+                ledger.release(request.source_id, claimed, key)
+            raise
+        return outcomes
+
+    def _decide_identities(
+        self, processed: Processed, todo: Plan, key: str, source: Source
+    ) -> Counter[str]:
+        """Apply each identify/alias to the graph in order (or take the decision an earlier
+        attempt recorded) and store the outcome with its event; counts the outcomes."""
+        counts: Counter[str] = Counter()
+        graph = self._identity
+        if graph is None or not processed.identity_calls:
+            return counts
+        writing = set(todo.write)
+        ledger = self._ledger
+        decisions = None if ledger is None else RequestDecisions(ledger, source.id, key)
+        for position in processed.identity_calls:
+            if position not in writing:
+                continue
+            message = processed.messages[position]
+            previous: Entry | None = todo.previous.get(position)
+            if previous is not None and previous.identity is not None:
+                outcome = previous.identity
+            else:
+                log = None if decisions is None else decisions.about(message["messageId"])
+                outcome = graph.resolve(message, source.may_force_merge, log)
+            message[COLLECTOR_FIELD] = {**message[COLLECTOR_FIELD], "identity": outcome}
+            processed.lines[position] = orjson.dumps(message, option=_DUMPS_OPTIONS)
+            reason = outcome.get("reason")
+            counts[f"{outcome['outcome']}:{reason}" if reason else outcome["outcome"]] += 1
+        if decisions is not None:
+            decisions.flush()
+        return counts
+
+    def _store_rejected(self, processed: Processed, request: RequestStamp) -> None:
+        # No client id means no way to recognise a retry: the name becomes unique.
+        ids = processed.message_ids + [
+            rejection.message_id or uuid.uuid4().hex for rejection, _ in processed.rejected
         ]
-        return not any(written)
+        lines = [rejected_line(rej, item, request) for rej, item in processed.rejected]
+        self._store.put_new(
+            object_key(REJECTED_PREFIX, request.received_at, fingerprint(request.source_id, ids)),
+            gzip_lines(lines, self._settings.gzip_level),
+            {"source-id": request.source_id, "request-id": request.request_id},
+        )
+
+    def _keep_unreadable(
+        self, raw: bytes, problem: BadRequest, request: IncomingRequest, received_at: datetime
+    ) -> None:
+        """A body that is not a JSON object, from a client that authenticated by header: kept
+        under rejected/ as it arrived, so nothing an authenticated client sent is lost."""
+        if not request.authorization:
+            return
+        source = self._sources.source_for(write_key_from(request.authorization, {}))
+        stamp_ = RequestStamp(received_at, source.id, request.request_id, request.ip)
+        record = {
+            "reasons": [f"{problem.code}: {problem.message}"],
+            "receivedAt": received_at,
+            "collector": stamp_.provenance,
+            "bodyBase64": pybase64.b64encode(raw).decode(),
+        }
+        name = fingerprint(source.id, [hashlib.sha256(raw).hexdigest()])
+        self._store.put_new(
+            object_key(REJECTED_PREFIX, received_at, name),
+            gzip_lines([orjson.dumps(record, option=_DUMPS_OPTIONS)], self._settings.gzip_level),
+            {"source-id": source.id, "request-id": request.request_id},
+        )
 
 
 def process(
@@ -226,10 +336,9 @@ def process(
     request: RequestStamp,
     max_message_bytes: int,
     envelope_problems: list[str] | None = None,
-    resolve_identity: ResolveIdentity | None = None,
+    item_problems: dict[int, list[str]] | None = None,
 ) -> Processed:
-    """Validate, stamp and serialise each message: the per-event hot path, no I/O in it but
-    `resolve_identity` for identify and alias calls (tracks and the rest never reach it).
+    """Validate, stamp and serialise each message: the per-event hot path, no I/O in it.
 
     Written as whole-list passes, which CPython runs faster than one loop doing everything per
     message (measured: 10% of this function); invalid messages are the exception.
@@ -238,6 +347,8 @@ def process(
         results: list[Any] = [InvalidMessage(envelope_problems)] * len(items)
     else:
         results = validate_messages(items)
+        for index, reasons in (item_problems or {}).items():
+            results[index] = InvalidMessage(reasons)
     problems = {i: result for i, result in enumerate(results) if isinstance(result, InvalidMessage)}
     accepted = (
         [i for i in range(len(items)) if i not in problems] if problems else [*range(len(items))]
@@ -259,35 +370,55 @@ def process(
         for i in sorted(problems)
     ]
     types = [message["type"] for message in messages]
-    outcomes: Counter[str] = Counter()
-    if resolve_identity is not None and ("identify" in types or "alias" in types):
-        outcomes = _resolve_identities(messages, lines, resolve_identity)
+    identity_calls = []
+    if "identify" in types or "alias" in types:
+        identity_calls = [
+            n
+            for n, message in enumerate(messages)
+            if message["type"] in IDENTITY_TYPES and message.get("userId") is not None
+        ]
     return Processed(
+        messages=messages,
         lines=cast(list[bytes], lines),  # every InvalidMessage was taken out above
         rejected=rejected,
-        # No client id means no way to recognise a retry: the fingerprint becomes unique.
-        message_ids=[message["messageId"] for message in messages]
-        + [rejection.message_id or uuid.uuid4().hex for rejection, _ in rejected],
+        message_ids=[message["messageId"] for message in messages],
         per_type=Counter(types),
-        identity_outcomes=outcomes,
-        newest=max([message["timestamp"] for message in messages], default=None),
+        identity_calls=identity_calls,
     )
 
 
-def _resolve_identities(
-    messages: list[dict[str, Any]], lines: list[Any], resolve: ResolveIdentity
-) -> Counter[str]:
-    """Apply each identify/alias to the graph in order and store its outcome with the event;
-    counts the outcomes ("merged", "refused:already_identified", ...)."""
-    counts: Counter[str] = Counter()
-    for position, message in enumerate(messages):
-        if message["type"] in IDENTITY_TYPES and message.get("userId") is not None:
-            outcome = resolve(message)
-            message[COLLECTOR_FIELD] = {**message[COLLECTOR_FIELD], "identity": outcome}
-            lines[position] = orjson.dumps(message, option=_DUMPS_OPTIONS)
-            reason = outcome.get("reason")
-            counts[f"{outcome['outcome']}:{reason}" if reason else outcome["outcome"]] += 1
-    return counts
+def _batch_flaws(parsed: ParsedBody, envelope_problems: list[str]) -> dict[int, list[str]]:
+    """Each message's unrepresentable values. One in the envelope that is merged into every
+    message (context, integrations, sentAt) spoils them all; elsewhere it is never stored."""
+    problems: dict[int, list[str]] = {}
+    for flaw in parsed.flaws:
+        path = flaw.path
+        if len(path) >= 2 and path[0] == "batch" and isinstance(path[1], int):
+            problems.setdefault(path[1], []).append(flaw.reason(skip=2))
+        elif path[:1] in _MERGED_ENVELOPE:
+            envelope_problems.append(f"batch {flaw.reason()}")
+    return problems
+
+
+def _memoised(exists: Callable[[str], bool]) -> Callable[[str], bool]:
+    """One HeadObject per object within a request, however many of its messages a plan asks
+    about."""
+    known: dict[str, bool] = {}
+
+    def cached(key: str) -> bool:
+        if key not in known:
+            known[key] = exists(key)
+        return known[key]
+
+    return cached
+
+
+def _absent(store: EventStore, key: str) -> bool:
+    """True only if S3 says `key` does not exist; a failing S3 leaves it unknown (False)."""
+    try:
+        return not store.exists(key)
+    except StorageUnavailable:
+        return False
 
 
 def _serialised(messages: list[dict[str, Any]]) -> list[bytes | InvalidMessage]:
