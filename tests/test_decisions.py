@@ -5,6 +5,7 @@ batch of identity calls that failed midway finishes on its next retry once fault
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -93,7 +94,7 @@ def test_a_recomposed_retry_carries_the_decision_too(
 def test_a_batch_of_identity_calls_finishes_on_its_first_retry_after_faults_stop(
     aws: Aws, write_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Eleven messages, nine of them identify or alias, under failing AWS calls (60%, so that
+    """Eleven messages, nine of them identify or alias, under failing AWS calls (80%, so that
     attempts fail): every attempt keeps what it decided, so the first attempt after the faults
     stop succeeds, with the outcomes a run without faults records."""
     monkeypatch.setenv("RETRY_AFTER_SECONDS", "1")
@@ -105,10 +106,10 @@ def test_a_batch_of_identity_calls_finishes_on_its_first_retry_after_faults_stop
     batch += [
         {"type": "track", "event": "e", "userId": "u0", "messageId": f"t-{n}"} for n in range(2)
     ]
-    faults = Faults(rate=0.6, seed=11)
+    faults = Faults(rate=0.8, seed=11)
     for service in ("s3", "dynamodb"):
         faults.install(api.aws_client(service))
-    statuses = [send(write_key, batch)["statusCode"] for _ in range(5)]
+    statuses = [send(write_key, batch)["statusCode"] for _ in range(4)]
     faults.enabled = False
     assert set(statuses) == {503}
     assert sum(faults.injected.values()) > 0
@@ -124,3 +125,56 @@ def test_a_batch_of_identity_calls_finishes_on_its_first_retry_after_faults_stop
     assert set(outcomes.values()) == {"created", "attached"}
     assert [outcomes[m["messageId"]] for m in batch[:9]] == ["created"] * 6 + ["attached"] * 3
     assert replayed_partition(stored) == graph_partition(aws.dynamodb, aws.table)
+
+
+@dataclass(frozen=True)
+class ShrinkingContext(LambdaContext):
+    """A Lambda context whose invocation loses a second each time its clock is read."""
+
+    budget_ms: list[int] = field(default_factory=lambda: [6000])
+
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        self.budget_ms[0] -= 1000
+        return self.budget_ms[0]
+
+
+def test_a_request_short_of_time_answers_503_and_its_retry_goes_on(
+    aws: Aws, write_key: str
+) -> None:
+    """Forty new users take three transactions; the invocation runs short (3 s left, the
+    margin) after two, answers 503 in time with those decisions kept, and its retry decides
+    only the rest, with the outcomes an uninterrupted run records."""
+    batch = [identify(f"late-{n}", f"anon-{n}") for n in range(40)]
+    headers = [("Content-Type", "application/json"), *basic(write_key).items()]
+    event = proxy_event("POST", "/v1/batch", "", headers, orjson.dumps({"batch": batch}), "::1")
+    assert event is not None
+    persons_created: list[str] = []
+
+    def count_persons(params: dict[str, Any], **_: Any) -> None:
+        for item in params["TransactItems"]:
+            put = item.get("Put", {}).get("Item", {})
+            if put.get("sk") == {"S": "PERSON"}:
+                persons_created.append(put["pk"]["S"].removeprefix("PERSON#"))
+
+    api.aws_client("dynamodb").meta.events.register(
+        "before-parameter-build.dynamodb.TransactWriteItems", count_persons
+    )
+
+    first = api.lambda_handler(event, ShrinkingContext("short", budget_ms=[5000]))
+
+    assert first["statusCode"] == 503, first["body"]
+    assert orjson.loads(first["body"])["code"] == "out_of_time"
+    assert first["multiValueHeaders"]["Retry-After"] == ["5"]
+    assert aws.keys("events/") == []
+    decided_first = list(persons_created)
+    assert 0 < len(decided_first) < 40
+
+    retry = api.lambda_handler(event, LambdaContext("plenty"))
+
+    assert retry["statusCode"] == 200, retry["body"]
+    stored = {event["messageId"]: event["collector"]["identity"] for event in aws.stored()}
+    assert [stored[m["messageId"]]["outcome"] for m in batch] == ["created"] * 40
+    # The retry went on from the decisions kept: forty persons in all, not more.
+    assert len(persons_created) == 40
+    assert {outcome["personId"] for outcome in stored.values()} == set(persons_created)
+    assert replayed_partition(aws.stored()) == graph_partition(aws.dynamodb, aws.table)

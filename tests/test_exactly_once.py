@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -157,3 +158,34 @@ def invoke_batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
     event = proxy_event("POST", "/v1/b", "", headers, body, "127.0.0.1")
     assert event is not None
     return api.lambda_handler(event, LambdaContext(str(uuid.uuid4())))
+
+
+def test_a_crash_after_the_claim_neither_loses_nor_duplicates(
+    aws: Aws, write_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Lambda dies between its claim and its S3 write, so nothing is released. The same
+    batch retried goes on at once (it names the same object); a recomposed one waits for the
+    lease, then takes the messages over."""
+    monkeypatch.setenv("CLAIM_LEASE_SECONDS", "1")
+    messages = [browser_message(n, write_key) for n in range(3)]
+    s3 = api.aws_client("s3")
+
+    def die(**_: Any) -> None:
+        raise SystemExit("the Lambda ran out of time")
+
+    s3.meta.events.register_first("before-send.s3.PutObject", die)
+    with pytest.raises(SystemExit):
+        invoke_batch(messages[:2])
+    s3.meta.events.unregister("before-send.s3.PutObject", die)
+
+    recomposed = invoke_batch(messages)
+    assert recomposed["statusCode"] == 503
+    assert orjson.loads(recomposed["body"])["code"] == "messages_in_flight"
+    assert recomposed["multiValueHeaders"]["Retry-After"] == ["1"]
+    assert set(stored_ids(aws)) == {messages[2]["messageId"]}  # the rest went in meanwhile
+
+    assert invoke_batch(messages[:2])["statusCode"] == 200  # the same batch: no wait
+    time.sleep(1.1)
+    assert invoke_batch(messages)["statusCode"] == 200
+    counts = stored_ids(aws)
+    assert len(counts) == 3 and set(counts.values()) == {1}

@@ -123,22 +123,24 @@ def outcomes(events: list[dict[str, Any]]) -> dict[str, tuple[str, str | None, s
     }
 
 
-@pytest.mark.parametrize("users", [pytest.param(16, id="240-messages")])
 def test_faults_change_nothing_that_is_stored(
-    aws: Aws, server: LocalApiGateway, monkeypatch: pytest.MonkeyPatch, users: int
+    aws: Aws, server: LocalApiGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check_faults_change_nothing(aws, server, monkeypatch, users)
+    """240 messages, one fault sequence."""
+    check_faults_change_nothing(aws, server, monkeypatch, users=16, seed=7)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
 def test_faults_change_nothing_that_is_stored_long(
-    aws: Aws, server: LocalApiGateway, monkeypatch: pytest.MonkeyPatch
+    aws: Aws, server: LocalApiGateway, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    check_faults_change_nothing(aws, server, monkeypatch, users=200)
+    """3,000 messages, four fault sequences."""
+    check_faults_change_nothing(aws, server, monkeypatch, users=200, seed=seed)
 
 
 def check_faults_change_nothing(
-    aws: Aws, server: LocalApiGateway, monkeypatch: pytest.MonkeyPatch, users: int
+    aws: Aws, server: LocalApiGateway, monkeypatch: pytest.MonkeyPatch, users: int, seed: int
 ) -> None:
     monkeypatch.setenv("RETRY_AFTER_SECONDS", "1")
     monkeypatch.setenv("CLAIM_LEASE_SECONDS", "4")
@@ -149,7 +151,7 @@ def check_faults_change_nothing(
     clean.deliver(phases)
 
     faulty = Run(aws, server, "faulty", monkeypatch)
-    faults = Faults(rate=0.3)
+    faults = Faults(rate=0.3, seed=seed)
     for service in ("s3", "dynamodb"):
         faults.install(api.aws_client(service))
     faulty.deliver(phases)

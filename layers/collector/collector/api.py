@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 from urllib.parse import unquote
@@ -24,7 +25,7 @@ from botocore.config import Config
 
 from .auth import SourceCache
 from .config import Settings
-from .errors import MessagesInFlight, RequestRefused, StorageUnavailable
+from .errors import RequestRefused, StorageUnavailable
 from .identity import BLOCKED_ANY_CASE
 from .identity_store import IdentityGraph
 from .ingest import Collector, IncomingRequest, IngestResult
@@ -129,6 +130,7 @@ def ingest(call: str) -> Response[Any]:
             authorization=headers.get("authorization"),
             content_encoding=headers.get("content-encoding"),
             ip=event.request_context.identity.source_ip,
+            time_left=_time_left(app.lambda_context),
         )
     )
     _record(result)
@@ -162,11 +164,10 @@ def unavailable(exc: StorageUnavailable) -> Response[Any]:
     retry_after = settings().retry_after_seconds
     if exc.retry_after is not None:
         retry_after = max(1, math.ceil(exc.retry_after))
-    what = (
-        "Some of these messages are being stored by a concurrent request"
-        if isinstance(exc, MessagesInFlight)
-        else "Storage is briefly unavailable"
-    )
+    what = {
+        "messages_in_flight": "Some of these messages are being stored by a concurrent request",
+        "out_of_time": "The request ran out of time; what was done is kept",
+    }.get(exc.code, "Storage is briefly unavailable")
     return _json(
         503,
         {
@@ -212,6 +213,10 @@ def internal_error(exc: Exception) -> Response[Any]:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)
+
+
+def _time_left(context: LambdaContext) -> Callable[[], float]:
+    return lambda: context.get_remaining_time_in_millis() / 1000
 
 
 def _record(result: IngestResult) -> None:

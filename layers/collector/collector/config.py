@@ -24,6 +24,8 @@ class Settings:
     # How long a claimed message stays reserved for the request storing it: longer than the
     # function can run, so a takeover never races a writer still alive.
     claim_lease_seconds: float = 30.0
+    # A request stops deciding identity calls and answers 503 when its invocation has less left.
+    deadline_margin_seconds: float = 3.0
     retry_after_seconds: int = 5
     gzip_level: int = 5
     # Identity: a person may hold at most this many distinct ids; a merge past it is refused.

@@ -40,6 +40,13 @@ class StorageUnavailable(Exception):
     retry_after: float | None = None
 
 
+class OutOfTime(StorageUnavailable):
+    """The invocation would end before the request could finish: answered 503 in time, with
+    the work done so far kept for the retry."""
+
+    code = "out_of_time"
+
+
 class MessagesInFlight(StorageUnavailable):
     """Some messages are being stored by a concurrent request; retry once its lease ends."""
 

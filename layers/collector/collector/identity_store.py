@@ -14,14 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import StorageUnavailable
+from .errors import OutOfTime, StorageUnavailable
 from .identity import (
     BLOCKED_ANY_CASE,
     DEFAULT_MAX_IDS_PER_PERSON,
@@ -35,6 +35,8 @@ from .identity import (
 # DynamoDB allows 100 items per transaction; a moved id takes three (pointer, old and new
 # membership) and the two person headers take two.
 _IDS_PER_TRANSACTION = 32
+_TRANSACTION_ITEMS = 100
+_KEYS_PER_READ = 100
 _WARM_CACHE_LIMIT = 100_000
 
 
@@ -69,6 +71,97 @@ class DecisionLog(Protocol):
     def defer(self, outcome: dict[str, Any]) -> None:
         """Record an outcome that changed nothing in the graph (batched by the caller)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A call ready to decide: `index` is its place in the request, `call` is normalised (no
+    self-link, no refused source), and `final` gives the outcome stored with its event."""
+
+    index: int
+    call: IdentityCall
+    source_refusal: str | None
+
+    def final(
+        self, outcome: str, person_id: str | None, reason: str | None = None
+    ) -> dict[str, Any]:
+        if self.source_refusal is not None:
+            return _outcome(self.call, "refused", person_id, f"sourceId {self.source_refusal}")
+        return _outcome(self.call, outcome, person_id, reason)
+
+
+@dataclass(slots=True)
+class _Graph:
+    """Part of the graph as read (and, in a copy, as a batch's decisions change it)."""
+
+    person_of: dict[str, str]
+    persons: dict[str, Person]
+
+    def persons_of(self, call: IdentityCall) -> tuple[Person | None, Person | None]:
+        target = self.persons.get(self.person_of.get(call.user_id, ""))
+        if call.source_id is None:
+            return target, None
+        return target, self.persons.get(self.person_of.get(call.source_id, ""))
+
+    def copy(self) -> _Graph:
+        return _Graph(dict(self.person_of), dict(self.persons))
+
+    def add(self, person: Person, ids: tuple[str, ...]) -> None:
+        self.persons[person.id] = replace(person, size=person.size + len(ids))
+        self.person_of.update(dict.fromkeys(ids, person.id))
+
+
+@dataclass(slots=True)
+class _Planned:
+    """A component's decisions and the transaction items that carry them out."""
+
+    calls: list[_Prepared]
+    decisions: list[tuple[_Prepared, Decision, str | None]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check(in_time: Callable[[], bool]) -> None:
+    if not in_time():
+        raise OutOfTime("the invocation ran short of time for its identity calls")
+
+
+def _components(pending: list[_Prepared], read: _Graph) -> list[list[_Prepared]]:
+    """The calls grouped so that no two groups share an id or a person, each in call order."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    firsts: list[str] = []
+    for prepared in pending:
+        ids = [i for i in (prepared.call.user_id, prepared.call.source_id) if i is not None]
+        keys = [f"id:{i}" for i in ids]
+        keys += [f"person:{read.person_of[i]}" for i in ids if i in read.person_of]
+        for key in keys[1:]:
+            parent[root(key)] = root(keys[0])
+        firsts.append(keys[0])
+    groups: dict[str, list[_Prepared]] = {}
+    for prepared, key in zip(pending, firsts, strict=True):
+        groups.setdefault(root(key), []).append(prepared)
+    return list(groups.values())
+
+
+def _packed(batch: list[_Planned]) -> Iterator[list[_Planned]]:
+    """Components packed in order into transactions of at most 100 items."""
+    transaction: list[_Planned] = []
+    size = 0
+    for planned in batch:
+        if transaction and size + len(planned.items) > _TRANSACTION_ITEMS:
+            yield transaction
+            transaction, size = [], 0
+        transaction.append(planned)
+        size += len(planned.items)
+    if transaction:
+        yield transaction
 
 
 class _Conflict(Exception):
@@ -113,29 +206,13 @@ class IdentityGraph:
     def apply(self, call: IdentityCall, log: DecisionLog | None = None) -> dict[str, Any]:
         """Decide and write one call; returns the outcome stored with its event, recorded in
         `log` (when given) exactly once."""
-        user_refusal = refusal_reason(call.user_id, self._blocked)
-        if user_refusal is not None:
-            return _unwritten(log, _outcome(call, "refused", None, f"userId {user_refusal}"))
-        if call.source_id == call.user_id:
-            call = replace(call, source_id=None)  # linking an id to itself asks for nothing more
-        source_refusal = None
-        if call.source_id is not None:
-            source_refusal = refusal_reason(call.source_id, self._blocked)
-            if source_refusal is not None:
-                call = replace(call, source_id=None)
-
-        def final(outcome: str, person_id: str | None, reason: str | None = None) -> dict[str, Any]:
-            if source_refusal is not None:
-                return _outcome(call, "refused", person_id, f"sourceId {source_refusal}")
-            return _outcome(call, outcome, person_id, reason)
-
-        cached = self._cached(call)
-        if cached is not None:
-            return _unwritten(log, final("already_linked", cached))
+        prepared = self._prepare(call)
+        if not isinstance(prepared, _Prepared):
+            return _unwritten(log, prepared)
+        call, final = prepared.call, prepared.final
         for _ in range(self._attempts):
-            target, source = self._persons(call.user_id, call.source_id)
+            target, source = self._read([call.user_id, call.source_id]).persons_of(call)
             decision = decide(call, target, source, self._max_ids)
-
             recording = partial(_records, log, final, decision)
             try:
                 person_id = self._write(decision, call, target, source, recording)
@@ -150,6 +227,142 @@ class IdentityGraph:
             return outcome if decision.writes else _unwritten(log, outcome)
         return _unwritten(log, _outcome(call, "refused", None, "merge_race_condition"))
 
+    def resolve_batch(
+        self,
+        messages: list[dict[str, Any]],
+        allow_force: bool,
+        logs: list[DecisionLog | None],
+        in_time: Callable[[], bool] = lambda: True,
+    ) -> list[dict[str, Any]]:
+        """`resolve` for a request's identify and alias messages together, in their order."""
+        calls = [IdentityCall.from_message(message) for message in messages]
+        if not allow_force:
+            calls = [replace(call, force=False) if call.force else call for call in calls]
+        return self.apply_batch(calls, logs, in_time)
+
+    def apply_batch(
+        self,
+        calls: list[IdentityCall],
+        logs: list[DecisionLog | None],
+        in_time: Callable[[], bool] = lambda: True,
+    ) -> list[dict[str, Any]]:
+        """Decide and write many calls as `apply` would one after another, with as few DynamoDB
+        calls as its limits allow: one read of every id they touch (100 keys a call), then the
+        decisions, each made against the graph as the calls before it left it, written in
+        transactions of up to 100 items. Calls that share no id and no person are independent
+        (a component each), so they may share a transaction; a component whose transaction
+        fails its conditions, that merges persons or that is too large for one transaction is
+        decided again call by call. Before each write it asks `in_time`, and raises OutOfTime
+        when the invocation is running short: what was written is recorded in the logs."""
+        outcomes: list[dict[str, Any] | None] = [None] * len(calls)
+        pending: list[_Prepared] = []
+        for index, call in enumerate(calls):
+            prepared = self._prepare(call, index)
+            if isinstance(prepared, _Prepared):
+                pending.append(prepared)
+            else:
+                outcomes[index] = _unwritten(logs[index], prepared)
+        read = self._read([i for p in pending for i in (p.call.user_id, p.call.source_id)])
+        one_by_one: list[list[_Prepared]] = []
+        lost: set[int] = set()  # calls whose transaction failed its conditions
+        batch: list[_Planned] = []
+        for component in _components(pending, read):
+            planned = self._plan(component, read, logs)
+            if planned is None:
+                one_by_one.append(component)
+            elif not planned.items:
+                self._settle(planned, logs, outcomes)
+            else:
+                batch.append(planned)
+        for transaction in _packed(batch):
+            _check(in_time)
+            try:
+                self._transact([item for planned in transaction for item in planned.items])
+            except _Conflict:
+                one_by_one.extend(planned.calls for planned in transaction)
+                lost.update(p.index for planned in transaction for p in planned.calls)
+                continue
+            for planned in transaction:
+                self._settle(planned, logs, outcomes)
+        for component in sorted(one_by_one, key=lambda calls: calls[0].index):
+            for prepared in component:
+                _check(in_time)
+                log = logs[prepared.index]
+                # A transaction may have been applied although its answer was lost (botocore
+                # then retries it and meets its own writes): its decisions are recorded.
+                recorded = log.recorded() if log is not None and prepared.index in lost else None
+                outcomes[prepared.index] = recorded or self.apply(calls[prepared.index], log)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(calls), "every call has its outcome"
+        return done
+
+    def _prepare(self, call: IdentityCall, index: int = 0) -> _Prepared | dict[str, Any]:
+        """A call ready to decide, or the outcome it has without reading the graph: its userId
+        refused, or a link the warm cache knows is settled."""
+        user_refusal = refusal_reason(call.user_id, self._blocked)
+        if user_refusal is not None:
+            return _outcome(call, "refused", None, f"userId {user_refusal}")
+        if call.source_id == call.user_id:
+            call = replace(call, source_id=None)  # linking an id to itself asks for nothing more
+        source_refusal = None
+        if call.source_id is not None:
+            source_refusal = refusal_reason(call.source_id, self._blocked)
+            if source_refusal is not None:
+                call = replace(call, source_id=None)
+        prepared = _Prepared(index, call, source_refusal)
+        cached = self._cached(call)
+        if cached is not None:
+            return prepared.final("already_linked", cached)
+        return prepared
+
+    def _plan(
+        self, component: list[_Prepared], read: _Graph, logs: list[DecisionLog | None]
+    ) -> _Planned | None:
+        """Decide a component's calls in order against `read` and the decisions before them;
+        the transaction items that write them all, or None if it must go call by call."""
+        local = read.copy()
+        planned = _Planned(component)
+        added: dict[str, list[str]] = {}
+        for prepared in component:
+            target, source = local.persons_of(prepared.call)
+            decision = decide(prepared.call, target, source, self._max_ids)
+            if decision.merge:
+                return None
+            person_id = target.id if target else (source.id if source else None)
+            if decision.create:
+                person_id = uuid.uuid4().hex
+                local.add(Person(person_id, True, 0, 0), decision.create)
+                added[person_id] = list(decision.create)
+            elif decision.attach:
+                assert person_id is not None
+                local.add(local.persons[person_id], decision.attach)
+                added.setdefault(person_id, []).extend(decision.attach)
+            planned.decisions.append((prepared, decision, person_id))
+            log = logs[prepared.index]
+            if decision.writes and log is not None:
+                final = prepared.final(decision.outcome, person_id, decision.reason)
+                planned.items.append(log.record_item(final))
+        for person_id, ids in added.items():
+            before = read.persons.get(person_id)
+            if before is None:
+                planned.items.extend(_create(person_id, tuple(ids)))
+            else:
+                planned.items.extend(_grow(before, tuple(ids)))
+        return planned if len(planned.items) <= _TRANSACTION_ITEMS else None
+
+    def _settle(
+        self,
+        planned: _Planned,
+        logs: list[DecisionLog | None],
+        outcomes: list[dict[str, Any] | None],
+    ) -> None:
+        """A component's decisions are in DynamoDB (or wrote nothing): their outcomes."""
+        for prepared, decision, person_id in planned.decisions:
+            self._remember(prepared.call, decision, person_id)
+            outcome = prepared.final(decision.outcome, person_id, decision.reason)
+            log = logs[prepared.index]
+            outcomes[prepared.index] = outcome if decision.writes else _unwritten(log, outcome)
+
     def view(self, distinct_id: str) -> PersonView | None:
         """The person `distinct_id` belongs to: one read and one query."""
         for _ in range(self._attempts):
@@ -161,29 +374,29 @@ class IdentityGraph:
             if header is not None and not _finish_first(header):
                 ids = [item["sk"]["S"][3:] for item in items if item["sk"]["S"].startswith("ID#")]
                 return PersonView(person_id, header["isIdentified"]["BOOL"], sorted(ids))
-            self._persons(distinct_id, None)  # finishes a merge left half done
+            self._read([distinct_id])  # finishes a merge left half done
         raise StorageUnavailable("identity graph kept changing while being read")
 
     # --- reading ------------------------------------------------------------------------------
 
-    def _persons(self, user_id: str, source_id: str | None) -> tuple[Person | None, Person | None]:
-        ids = [user_id] if source_id is None else [user_id, source_id]
-        pointers = self._get_many([_id_key(distinct_id) for distinct_id in ids])
-        person_ids = {
-            item["pk"]["S"][3:]: item["personId"]["S"] for item in pointers if "personId" in item
-        }
-        wanted = sorted(set(person_ids.values()))
-        headers = {
-            item["pk"]["S"][7:]: item for item in self._get_many([_person_key(p) for p in wanted])
-        }
-        for header in headers.values():
-            if (pending := _finish_first(header)) is not None:
-                self._finish_merge(*pending)
-                return self._persons(user_id, source_id)
-        persons = {person_id: _person(header) for person_id, header in headers.items()}
-        target = persons.get(person_ids.get(user_id, ""))
-        source = persons.get(person_ids.get(source_id, "")) if source_id is not None else None
-        return target, source
+    def _read(self, ids: list[str | None]) -> _Graph:
+        """The persons of these ids (two BatchGetItem passes, 100 keys a call), after finishing
+        any large merge one of them is part of."""
+        wanted = [_id_key(i) for i in dict.fromkeys(i for i in ids if i is not None)]
+        while True:
+            pointers = self._get_many(wanted)
+            person_of = {
+                item["pk"]["S"][3:]: item["personId"]["S"]
+                for item in pointers
+                if "personId" in item
+            }
+            person_ids = sorted(set(person_of.values()))
+            headers = self._get_many([_person_key(person) for person in person_ids])
+            unfinished = next(filter(None, map(_finish_first, headers)), None)
+            if unfinished is None:
+                persons = {header["pk"]["S"][7:]: _person(header) for header in headers}
+                return _Graph(person_of, persons)
+            self._finish_merge(*unfinished)
 
     def _person_id(self, distinct_id: str) -> str | None:
         item = self._call(
@@ -192,14 +405,15 @@ class IdentityGraph:
         return None if item is None else str(item["personId"]["S"])
 
     def _get_many(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if not keys:
-            return []
-        request = {self._table: {"Keys": keys, "ConsistentRead": True}}
         found: list[dict[str, Any]] = []
-        while request:
-            answer = self._call("batch_get_item", RequestItems=request)
-            found.extend(answer["Responses"].get(self._table, []))
-            request = answer.get("UnprocessedKeys") or {}
+        for start in range(0, len(keys), _KEYS_PER_READ):
+            request = {
+                self._table: {"Keys": keys[start : start + _KEYS_PER_READ], "ConsistentRead": True}
+            }
+            while request:
+                answer = self._call("batch_get_item", RequestItems=request)
+                found.extend(answer["Responses"].get(self._table, []))
+                request = answer.get("UnprocessedKeys") or {}
         return found
 
     def _query_person(self, person_id: str, ids_only: bool = False) -> Iterator[dict[str, Any]]:

@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -16,9 +17,9 @@ import pybase64
 from .auth import Source, SourceCache, write_key_from
 from .config import Settings
 from .decoding import ParsedBody, decompress, parse_object, request_bytes
-from .errors import BadRequest, MessagesInFlight, NotFound, StorageUnavailable
-from .identity_store import IdentityGraph
-from .ledger import ClaimLost, Entry, Ledger, Plan, RequestDecisions, plan
+from .errors import BadRequest, MessagesInFlight, NotFound, OutOfTime, StorageUnavailable
+from .identity_store import DecisionLog, IdentityGraph
+from .ledger import ClaimLost, Ledger, Plan, RequestDecisions, plan
 from .stamping import COLLECTOR_FIELD, RequestStamp, stamp
 from .storage import EVENTS_PREFIX, REJECTED_PREFIX, EventStore, fingerprint, gzip_lines, object_key
 from .validation import InvalidMessage, parse_timestamp, validate_messages
@@ -56,6 +57,8 @@ class IncomingRequest:
     authorization: str | None = None
     content_encoding: str | None = None
     ip: str | None = None
+    # Seconds the invocation has left (the Lambda context's clock); None: no deadline.
+    time_left: Callable[[], float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,8 @@ class Collector:
         outcomes: Counter[str] = Counter()
         duplicates = 0
         if processed.lines:
-            duplicates, outcomes = self._store_events(processed, stamp_, source)
+            deadline = _Deadline(request.time_left, self._settings.deadline_margin_seconds)
+            duplicates, outcomes = self._store_events(processed, stamp_, source, deadline)
         if processed.rejected:
             self._store_rejected(processed, stamp_)
         return IngestResult(
@@ -202,7 +206,7 @@ class Collector:
         return items, problems, stamp_
 
     def _store_events(
-        self, processed: Processed, request: RequestStamp, source: Source
+        self, processed: Processed, request: RequestStamp, source: Source, deadline: _Deadline
     ) -> tuple[int, Counter[str]]:
         """Store each accepted message once: claim it in the ledger, decide its identity call,
         write the object. Returns how many were stored before, and the identity outcomes."""
@@ -224,14 +228,20 @@ class Collector:
             )
         outcomes: Counter[str] = Counter()
         if todo.write:
-            outcomes = self._write(processed, todo, key, request, source)
+            outcomes = self._write(processed, todo, key, request, source, deadline)
         if todo.busy:
             wait = todo.busy_until - request.received_at.timestamp()
             raise MessagesInFlight(f"{len(todo.busy)} messages are being stored elsewhere", wait)
         return len(todo.duplicates), outcomes
 
     def _write(
-        self, processed: Processed, todo: Plan, key: str, request: RequestStamp, source: Source
+        self,
+        processed: Processed,
+        todo: Plan,
+        key: str,
+        request: RequestStamp,
+        source: Source,
+        deadline: _Deadline,
     ) -> Counter[str]:
         """Claim, decide and write the planned messages; a failure leaves nothing half done
         that a retry cannot finish (the claims keep the identity decisions made)."""
@@ -246,7 +256,8 @@ class Collector:
             except ClaimLost:
                 raise MessagesInFlight("a concurrent request claimed these messages", 1) from None
         try:
-            outcomes = self._decide_identities(processed, todo, key, source)
+            outcomes = self._decide_identities(processed, todo, key, source, deadline)
+            deadline.check()
             if lease_until is not None and ledger is not None:
                 ledger.check_lease(lease_until)
             lines = (
@@ -267,7 +278,7 @@ class Collector:
         return outcomes
 
     def _decide_identities(
-        self, processed: Processed, todo: Plan, key: str, source: Source
+        self, processed: Processed, todo: Plan, key: str, source: Source, deadline: _Deadline
     ) -> Counter[str]:
         """Apply each identify/alias to the graph in order (or take the decision an earlier
         attempt recorded) and store the outcome with its event; counts the outcomes."""
@@ -276,25 +287,52 @@ class Collector:
         if graph is None or not processed.identity_calls:
             return counts
         writing = set(todo.write)
+        positions = [p for p in processed.identity_calls if p in writing]
         ledger = self._ledger
         decisions = None if ledger is None else RequestDecisions(ledger, source.id, key)
-        for position in processed.identity_calls:
-            if position not in writing:
-                continue
+        try:
+            outcomes = self._decide(processed, positions, todo, source, decisions, deadline)
+        except StorageUnavailable:
+            # What was decided is kept for the retry, as far as DynamoDB still answers.
+            if decisions is not None:
+                with suppress(StorageUnavailable):
+                    decisions.flush()
+            raise
+        if decisions is not None:
+            decisions.flush()
+        for position, outcome in zip(positions, outcomes, strict=True):
             message = processed.messages[position]
-            previous: Entry | None = todo.previous.get(position)
-            if previous is not None and previous.identity is not None:
-                outcome = previous.identity
-            else:
-                log = None if decisions is None else decisions.about(message["messageId"])
-                outcome = graph.resolve(message, source.may_force_merge, log)
             message[COLLECTOR_FIELD] = {**message[COLLECTOR_FIELD], "identity": outcome}
             processed.lines[position] = orjson.dumps(message, option=_DUMPS_OPTIONS)
             reason = outcome.get("reason")
             counts[f"{outcome['outcome']}:{reason}" if reason else outcome["outcome"]] += 1
-        if decisions is not None:
-            decisions.flush()
         return counts
+
+    def _decide(
+        self,
+        processed: Processed,
+        positions: list[int],
+        todo: Plan,
+        source: Source,
+        decisions: RequestDecisions | None,
+        deadline: _Deadline,
+    ) -> list[dict[str, Any]]:
+        """The outcome of each of these identity calls: the one an earlier attempt recorded,
+        else the graph's, decided for all of them together."""
+        recorded = {p: entry.identity for p, entry in todo.previous.items() if entry.identity}
+        undecided = [p for p in positions if p not in recorded]
+        if undecided:
+            assert self._identity is not None
+            messages = [processed.messages[p] for p in undecided]
+            logs: list[DecisionLog | None] = [
+                None if decisions is None else decisions.about(message["messageId"])
+                for message in messages
+            ]
+            decided = self._identity.resolve_batch(
+                messages, source.may_force_merge, logs, deadline.allows_more
+            )
+            recorded.update(zip(undecided, decided, strict=True))
+        return [recorded[p] for p in positions]
 
     def _store_rejected(self, processed: Processed, request: RequestStamp) -> None:
         # No client id means no way to recognise a retry: the name becomes unique.
@@ -385,6 +423,22 @@ def process(
         per_type=Counter(types),
         identity_calls=identity_calls,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Deadline:
+    """When a request must stop working and answer 503, so that it never outlives its Lambda:
+    `margin` seconds before the invocation's end leaves room to record, release and answer."""
+
+    time_left: Callable[[], float] | None
+    margin: float
+
+    def allows_more(self) -> bool:
+        return self.time_left is None or self.time_left() > self.margin
+
+    def check(self) -> None:
+        if not self.allows_more():
+            raise OutOfTime("the invocation ran short of time before its write")
 
 
 def _batch_flaws(parsed: ParsedBody, envelope_problems: list[str]) -> dict[int, list[str]]:
