@@ -7,6 +7,7 @@ import itertools
 import math
 import threading
 from collections import Counter
+from contextlib import suppress
 from typing import Any
 
 import boto3
@@ -70,24 +71,29 @@ def run_batches(dynamodb: Any, table: str, batches: list[list[Step]], seen: Coun
         assert state.identified() == model.identified(), f"batch {number}: identified differs"
 
 
-def test_two_batches_claiming_the_same_anonymous_ids_have_one_winner_each(atomic: Aws) -> None:
-    """Both batches read before either writes: the conditions decide, and every contested
-    anonymous id ends with exactly one of the two users."""
-    anonymous = [f"anon-{n}" for n in range(20)]
+@pytest.mark.parametrize("boundary", [1, 2, 3])
+def test_two_batches_claiming_the_same_anonymous_ids_have_one_winner_each(
+    atomic: Aws, boundary: int
+) -> None:
+    """Both batches stop before their `boundary`-th transaction until the other has reached its
+    own (both read before either writes, at the first): the conditions decide, and every
+    contested anonymous id ends with exactly one of the two users."""
+    anonymous = [f"anon-{n}" for n in range(40)]
     batches = [
         [IdentityCall("identify", f"{side}-{n}", anon) for n, anon in enumerate(anonymous)]
         for side in ("left", "right")
     ]
-    barrier = threading.Barrier(2, timeout=10)
-    held = threading.local()
+    barrier = threading.Barrier(2, timeout=2)
+    transactions = threading.local()
 
-    def hold_first_write(**_: Any) -> None:
-        if not getattr(held, "done", False):
-            held.done = True
-            barrier.wait()
+    def hold_at_the_boundary(**_: Any) -> None:
+        transactions.count = getattr(transactions, "count", 0) + 1
+        if transactions.count == boundary:
+            with suppress(threading.BrokenBarrierError):  # the other batch had no such boundary
+                barrier.wait()
 
     atomic.dynamodb.meta.events.register(
-        "before-call.dynamodb.TransactWriteItems", hold_first_write
+        "before-call.dynamodb.TransactWriteItems", hold_at_the_boundary
     )
     results: list[list[dict[str, Any]]] = [[], []]
 
