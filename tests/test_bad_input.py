@@ -109,6 +109,13 @@ def test_text_plain_body_like_analytics_js_is_accepted(
     assert "writeKey" not in stored
 
 
+def test_gzip_sent_as_text_plain_without_a_header_is_accepted(post: Any, aws: Aws) -> None:
+    body = gzip.compress(orjson.dumps({"batch": [track(0), track(1)]}))
+    response = post("/v1/batch", body, {"Content-Type": "text/plain"})
+    assert response.status_code == 200, response.text
+    assert len(aws.stored()) == 2
+
+
 # --- authentication --------------------------------------------------------------------------
 
 

@@ -107,3 +107,23 @@ def test_a_clean_body_has_no_flaws_and_a_bom_is_skipped() -> None:
 def test_a_text_body_with_a_lone_surrogate_reaches_the_parser() -> None:
     raw = request_bytes('{"a": "\ud83d"}', is_base64_encoded=False)
     assert parse_object(raw).flaws[0].path == ("a",)
+
+
+def test_gzip_is_recognised_by_its_magic_bytes_without_a_header() -> None:
+    """Some SDKs send gzip as text/plain with no Content-Encoding."""
+    body = b'{"batch": []}'
+    assert decompress(gzip.compress(body), None, 1000) == body
+    with pytest.raises(PayloadTooLarge):
+        decompress(gzip.compress(b" " * 5000), None, 1000)
+
+
+@pytest.mark.parametrize("body", [b'{"batch": []}', b"  [1]", b'\xef\xbb\xbf{"a": 1}'])
+def test_a_body_already_inflated_under_a_gzip_header_is_read_as_it_is(body: bytes) -> None:
+    """API Gateway inflates gzip bodies itself when compression is enabled, keeping the header."""
+    assert decompress(body, "gzip", 1000) == body
+
+
+def test_a_body_neither_gzip_nor_json_under_a_gzip_header_is_invalid_gzip() -> None:
+    with pytest.raises(BadRequest) as refused:
+        decompress(b"\x00\x01garbage", "gzip", 1000)
+    assert refused.value.code == "invalid_gzip"

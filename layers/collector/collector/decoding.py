@@ -22,6 +22,7 @@ from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _IDENTITY_ENCODINGS = frozenset({"", "identity"})
 _GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
+_GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 # orjson reads integers up to 64 bits exactly and larger ones as doubles; so does the fallback.
 _INT_RANGE = range(-(2**63), 2**64)
@@ -63,24 +64,31 @@ def request_bytes(body: str | None, is_base64_encoded: bool) -> bytes:
 
 
 def decompress(data: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """Undo Content-Encoding, never producing more than `limit` bytes (a gzip bomb stops here)."""
+    """Undo gzip, never producing more than `limit` bytes (a gzip bomb stops here).
+
+    Gzip is recognised by its magic bytes as well as by `Content-Encoding`: some SDKs send gzip
+    as text/plain without the header, and a body API Gateway already inflated keeps a header
+    that no longer applies.
+    """
     encoding = (content_encoding or "").strip().lower()
-    if encoding in _IDENTITY_ENCODINGS:
-        if len(data) > limit:
-            raise _too_large(limit)
-        return data
-    if encoding not in _GZIP_ENCODINGS:
+    if encoding not in _IDENTITY_ENCODINGS | _GZIP_ENCODINGS:
         raise UnsupportedMediaType(
             "unsupported_content_encoding",
             f"Content-Encoding {content_encoding!r} is not supported; send gzip or no encoding.",
         )
+    if not data.startswith(_GZIP_MAGIC):
+        if encoding in _GZIP_ENCODINGS and data.lstrip()[:1] not in (b"{", b"[", _BOM[:1]):
+            raise BadRequest(
+                "invalid_gzip", "The body is not valid gzip although Content-Encoding says gzip."
+            )
+        if len(data) > limit:
+            raise _too_large(limit)
+        return data
     inflater = zlib.decompressobj(_GZIP_WBITS)
     try:
         inflated = inflater.decompress(data, limit + 1)
     except zlib.error:
-        raise BadRequest(
-            "invalid_gzip", "The body is not valid gzip although Content-Encoding says gzip."
-        ) from None
+        raise BadRequest("invalid_gzip", "The body is not valid gzip.") from None
     if len(inflated) > limit:
         raise _too_large(limit, decompressed=True)
     if not inflater.eof:
