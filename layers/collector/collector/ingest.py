@@ -213,48 +213,78 @@ class Collector:
         ids = processed.message_ids
 
         def key_for(chosen: list[str]) -> str:
+            # The set, not the order: an attempt storing the same messages names the same object.
             name = fingerprint(request.source_id, sorted(chosen))
             return object_key(EVENTS_PREFIX, request.received_at, name)
 
+        lease_until = None
         if self._ledger is None:
-            todo, key = Plan(write=[*range(len(ids))], previous={}), key_for(ids)
-        else:
-            todo, key = plan(
-                ids,
-                self._ledger.read(request.source_id, ids),
-                _memoised(self._store.exists),
-                key_for,
-                request.received_at.timestamp(),
+            # Per request only: a retry of the same batch sends its ids in the same order.
+            name = fingerprint(request.source_id, ids)
+            todo, key = (
+                Plan(write=[*range(len(ids))]),
+                object_key(EVENTS_PREFIX, request.received_at, name),
             )
+        else:
+            todo, key, lease_until = self._claim(self._ledger, ids, request, key_for)
         outcomes: Counter[str] = Counter()
         if todo.write:
-            outcomes = self._write(processed, todo, key, request, source, deadline)
+            outcomes = self._write(processed, todo, key, lease_until, request, source, deadline)
         if todo.busy:
             wait = todo.busy_until - request.received_at.timestamp()
             raise MessagesInFlight(f"{len(todo.busy)} messages are being stored elsewhere", wait)
         return len(todo.duplicates), outcomes
+
+    def _claim(
+        self,
+        ledger: Ledger,
+        ids: list[str],
+        request: RequestStamp,
+        key_for: Callable[[list[str]], str],
+    ) -> tuple[Plan, str, float | None]:
+        """Claim the messages to write for the object they go to; returns the plan, the
+        object's key and the claim's lease. Most requests carry only new messages, so the claim
+        is tried first, with no read; one that meets a message claimed before (a retry, a
+        recomposed batch) reads the ledger, plans, and claims what it planned."""
+        if len(set(ids)) == len(ids):
+            key = key_for(ids)
+            try:
+                lease_until = ledger.claim(request.source_id, ids, {}, key)
+            except ClaimLost:
+                pass  # nothing is left claimed: the claim lets its own chunks go again
+            else:
+                return Plan(write=[*range(len(ids))]), key, lease_until
+        todo, key = plan(
+            ids,
+            ledger.read(request.source_id, ids),
+            _memoised(self._store.exists),
+            key_for,
+            request.received_at.timestamp(),
+        )
+        if not todo.write:
+            return todo, key, None
+        claimed = [ids[p] for p in todo.write]
+        previous = {ids[p]: entry for p, entry in todo.previous.items()}
+        try:
+            return todo, key, ledger.claim(request.source_id, claimed, previous, key)
+        except ClaimLost:
+            raise MessagesInFlight("a concurrent request claimed these messages", 1) from None
 
     def _write(
         self,
         processed: Processed,
         todo: Plan,
         key: str,
+        lease_until: float | None,
         request: RequestStamp,
         source: Source,
         deadline: _Deadline,
     ) -> Counter[str]:
-        """Claim, decide and write the planned messages; a failure leaves nothing half done
-        that a retry cannot finish (the claims keep the identity decisions made)."""
+        """Decide and write the claimed messages; a failure leaves nothing half done that a
+        retry cannot finish (the claims keep the identity decisions made)."""
         ledger = self._ledger
         ids = processed.message_ids
         claimed = [ids[p] for p in todo.write] if todo.duplicates or todo.busy else ids
-        lease_until = None
-        if ledger is not None:
-            previous = {ids[p]: entry for p, entry in todo.previous.items()}
-            try:
-                lease_until = ledger.claim(request.source_id, claimed, previous, key)
-            except ClaimLost:
-                raise MessagesInFlight("a concurrent request claimed these messages", 1) from None
         try:
             outcomes = self._decide_identities(processed, todo, key, source, deadline)
             deadline.check()
