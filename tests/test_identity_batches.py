@@ -3,7 +3,6 @@ and graph as calling the rules one by one, race-safe between batches, in few Dyn
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections import Counter
@@ -12,43 +11,39 @@ from typing import Any
 
 import boto3
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
 from moto import mock_aws
 
 from collector.identity import IdentityCall
 from collector.identity_store import IdentityGraph
 from collector.ingest import IDENTITY_TYPES
-from collector.tools.resources import create_table, load_template
 
 from .conftest import Aws
 from .identity_model import IdentityModel
-from .test_identity_properties import MAX_IDS, calls, message, outcome_key, read_graph
+from .test_identity_properties import (
+    MAX_IDS,
+    PROPERTY,
+    FreshTables,
+    calls,
+    message,
+    outcome_key,
+    read_graph,
+)
 
 Step = tuple[str, str, str | None, bool]
 
 
 def test_batches_match_calling_the_rules_one_by_one() -> None:
-    template = load_template()
-    tables = itertools.count()
     seen: Counter[str] = Counter()
     with mock_aws():
-        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        tables = FreshTables(boto3.client("dynamodb", region_name="us-east-1"))
 
-        @settings(
-            max_examples=60,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
+        @PROPERTY
         @given(batches=st.lists(st.lists(calls(), min_size=1, max_size=10), min_size=1, max_size=4))
         def check(batches: list[list[Step]]) -> None:
-            table = f"identity-batches-{next(tables)}"
-            create_table(dynamodb, table, template)
-            try:
-                run_batches(dynamodb, table, batches, seen)
-            finally:
-                dynamodb.delete_table(TableName=table)
+            with tables.table() as table:
+                run_batches(tables.dynamodb, table, batches, seen)
 
         check()
     for kind in ("created", "attached", "already_linked", "refused:already_identified"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,29 +186,42 @@ def calls(draw: st.DrawFn) -> tuple[str, str, str | None, bool]:
     return kind, user, other, force
 
 
+# Each example on a table of its own, inside one moto for the whole run.
+PROPERTY = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+class FreshTables:
+    """One moto DynamoDB for a property run, a new table from template.yaml per example."""
+
+    def __init__(self, dynamodb: Any) -> None:
+        self.dynamodb = dynamodb
+        self._template = load_template()
+        self._count = itertools.count()
+
+    @contextmanager
+    def table(self) -> Iterator[str]:
+        name = f"identity-property-{next(self._count)}"
+        create_table(self.dynamodb, name, self._template)
+        try:
+            yield name
+        finally:
+            self.dynamodb.delete_table(TableName=name)
+
+
 def test_graph_matches_reference_model() -> None:
-    template = load_template()
-    tables = itertools.count()
     outcomes: Counter[str] = Counter()
     with mock_aws():
-        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        tables = FreshTables(boto3.client("dynamodb", region_name="us-east-1"))
 
-        @settings(
-            max_examples=60,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
+        @PROPERTY
         @given(steps=st.lists(calls(), min_size=1, max_size=15))
         @example(steps=MERGES[0])
         @example(steps=MERGES[1])
         def check(steps: list[tuple[str, str, str | None, bool]]) -> None:
-            table = f"identity-property-{next(tables)}"
-            create_table(dynamodb, table, template)
-            try:
-                run(dynamodb, table, steps, outcomes)
-            finally:
-                dynamodb.delete_table(TableName=table)
+            with tables.table() as table:
+                run(tables.dynamodb, table, steps, outcomes)
 
         check()
     # The run exercised the interesting branches, not only "created".
