@@ -135,8 +135,8 @@ def test_faults_change_nothing_that_is_stored(
 def test_faults_change_nothing_that_is_stored_long(
     aws: Aws, server: LocalApiGateway, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    """3,000 messages, two fault sequences."""
-    check_faults_change_nothing(aws, server, monkeypatch, users=200, seed=seed)
+    """900 messages, two fault sequences (moto grows past 20 GB at 3,000: see the note)."""
+    check_faults_change_nothing(aws, server, monkeypatch, users=60, seed=seed)
 
 
 def check_faults_change_nothing(
