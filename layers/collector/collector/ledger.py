@@ -33,7 +33,7 @@ _UNPROCESSED_ATTEMPTS = 5
 
 
 class ClaimLost(Exception):
-    """Another request claimed one of these messages between our read and our claim."""
+    """One of these messages is claimed already, or was claimed after we read it."""
 
 
 @dataclass(frozen=True, slots=True)
