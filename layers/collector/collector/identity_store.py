@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .dynamodb import ITEMS_PER_TRANSACTION, ConditionsFailed, get_many, transact
 from .errors import OutOfTime, StorageUnavailable
 from .identity import (
     BLOCKED_ANY_CASE,
@@ -35,8 +36,6 @@ from .identity import (
 # DynamoDB allows 100 items per transaction; a moved id takes three (pointer, old and new
 # membership) and the two person headers take two.
 _IDS_PER_TRANSACTION = 32
-_TRANSACTION_ITEMS = 100
-_KEYS_PER_READ = 100
 _WARM_CACHE_LIMIT = 100_000
 
 
@@ -155,7 +154,7 @@ def _packed(batch: list[_Planned]) -> Iterator[list[_Planned]]:
     transaction: list[_Planned] = []
     size = 0
     for planned in batch:
-        if transaction and size + len(planned.items) > _TRANSACTION_ITEMS:
+        if transaction and size + len(planned.items) > ITEMS_PER_TRANSACTION:
             yield transaction
             transaction, size = [], 0
         transaction.append(planned)
@@ -222,9 +221,7 @@ class IdentityGraph:
                 continue
             if decision.merge and source is not None:
                 self._forget(source.id)
-            self._remember(call, decision, person_id)
-            outcome = final(decision.outcome, person_id, decision.reason)
-            return outcome if decision.writes else _unwritten(log, outcome)
+            return self._conclude(prepared, decision, person_id, log)
         return _unwritten(log, _outcome(call, "refused", None, "merge_race_condition"))
 
     def resolve_batch(
@@ -338,17 +335,16 @@ class IdentityGraph:
                 local.add(local.persons[person_id], decision.attach)
                 added.setdefault(person_id, []).extend(decision.attach)
             planned.decisions.append((prepared, decision, person_id))
-            log = logs[prepared.index]
-            if decision.writes and log is not None:
-                final = prepared.final(decision.outcome, person_id, decision.reason)
-                planned.items.append(log.record_item(final))
+            if decision.writes:
+                log = logs[prepared.index]
+                planned.items.extend(_records(log, prepared.final, decision, person_id))
         for person_id, ids in added.items():
             before = read.persons.get(person_id)
             if before is None:
                 planned.items.extend(_create(person_id, tuple(ids)))
             else:
                 planned.items.extend(_grow(before, tuple(ids)))
-        return planned if len(planned.items) <= _TRANSACTION_ITEMS else None
+        return planned if len(planned.items) <= ITEMS_PER_TRANSACTION else None
 
     def _settle(
         self,
@@ -358,10 +354,21 @@ class IdentityGraph:
     ) -> None:
         """A component's decisions are in DynamoDB (or wrote nothing): their outcomes."""
         for prepared, decision, person_id in planned.decisions:
-            self._remember(prepared.call, decision, person_id)
-            outcome = prepared.final(decision.outcome, person_id, decision.reason)
             log = logs[prepared.index]
-            outcomes[prepared.index] = outcome if decision.writes else _unwritten(log, outcome)
+            outcomes[prepared.index] = self._conclude(prepared, decision, person_id, log)
+
+    def _conclude(
+        self,
+        prepared: _Prepared,
+        decision: Decision,
+        person_id: str | None,
+        log: DecisionLog | None,
+    ) -> dict[str, Any]:
+        """The outcome of a decision carried out: remembered when settled, and recorded through
+        the log's batch when it wrote nothing (a write recorded it in its own transaction)."""
+        self._remember(prepared.call, decision, person_id)
+        outcome = prepared.final(decision.outcome, person_id, decision.reason)
+        return outcome if decision.writes else _unwritten(log, outcome)
 
     def view(self, distinct_id: str) -> PersonView | None:
         """The person `distinct_id` belongs to: one read and one query."""
@@ -384,14 +391,16 @@ class IdentityGraph:
         any large merge one of them is part of."""
         wanted = [_id_key(i) for i in dict.fromkeys(i for i in ids if i is not None)]
         while True:
-            pointers = self._get_many(wanted)
+            pointers = get_many(self._db, self._table, wanted)
             person_of = {
                 item["pk"]["S"][3:]: item["personId"]["S"]
                 for item in pointers
                 if "personId" in item
             }
             person_ids = sorted(set(person_of.values()))
-            headers = self._get_many([_person_key(person) for person in person_ids])
+            headers = get_many(
+                self._db, self._table, [_person_key(person) for person in person_ids]
+            )
             unfinished = next(filter(None, map(_finish_first, headers)), None)
             if unfinished is None:
                 persons = {header["pk"]["S"][7:]: _person(header) for header in headers}
@@ -403,18 +412,6 @@ class IdentityGraph:
             "get_item", TableName=self._table, Key=_id_key(distinct_id), ConsistentRead=True
         ).get("Item")
         return None if item is None else str(item["personId"]["S"])
-
-    def _get_many(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(keys), _KEYS_PER_READ):
-            request = {
-                self._table: {"Keys": keys[start : start + _KEYS_PER_READ], "ConsistentRead": True}
-            }
-            while request:
-                answer = self._call("batch_get_item", RequestItems=request)
-                found.extend(answer["Responses"].get(self._table, []))
-                request = answer.get("UnprocessedKeys") or {}
-        return found
 
     def _query_person(self, person_id: str, ids_only: bool = False) -> Iterator[dict[str, Any]]:
         condition = "pk = :pk AND begins_with(sk, :id)" if ids_only else "pk = :pk"
@@ -527,14 +524,9 @@ class IdentityGraph:
             for operation, body in item.items()
         ]
         try:
-            self._db.transact_write_items(TransactItems=with_table)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("TransactionCanceledException", "ConditionalCheckFailedException"):
-                raise _Conflict from exc
-            raise StorageUnavailable(f"DynamoDB TransactWriteItems failed: {code}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"DynamoDB failed: {type(exc).__name__}") from exc
+            transact(self._db, with_table)
+        except ConditionsFailed as exc:
+            raise _Conflict from exc
 
     def _call(self, operation: str, **arguments: Any) -> Any:
         try:

@@ -298,7 +298,7 @@ class Collector:
             self._store.put_new(
                 key,
                 gzip_lines(lines, self._settings.gzip_level),
-                {"source-id": request.source_id, "request-id": request.request_id},
+                _metadata(request.source_id, request.request_id),
             )
         except StorageUnavailable:
             # Answered 503 even if the object got written after all: the retry finds it.
@@ -373,7 +373,7 @@ class Collector:
         self._store.put_new(
             object_key(REJECTED_PREFIX, request.received_at, fingerprint(request.source_id, ids)),
             gzip_lines(lines, self._settings.gzip_level),
-            {"source-id": request.source_id, "request-id": request.request_id},
+            _metadata(request.source_id, request.request_id),
         )
 
     def _keep_unreadable(
@@ -395,7 +395,7 @@ class Collector:
         self._store.put_new(
             object_key(REJECTED_PREFIX, received_at, name),
             gzip_lines([orjson.dumps(record, option=_DUMPS_OPTIONS)], self._settings.gzip_level),
-            {"source-id": source.id, "request-id": request.request_id},
+            _metadata(source.id, request.request_id),
         )
 
 
@@ -482,6 +482,11 @@ def _batch_flaws(parsed: ParsedBody, envelope_problems: list[str]) -> dict[int, 
         elif path[:1] in _MERGED_ENVELOPE:
             envelope_problems.append(f"batch {flaw.reason()}")
     return problems
+
+
+def _metadata(source_id: str, request_id: str) -> dict[str, str]:
+    """The S3 object metadata of everything a request stores."""
+    return {"source-id": source_id, "request-id": request_id}
 
 
 def _memoised(exists: Callable[[str], bool]) -> Callable[[str], bool]:

@@ -22,14 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from botocore.exceptions import BotoCoreError, ClientError
 
+from .dynamodb import ITEMS_PER_TRANSACTION, KEYS_PER_READ, ConditionsFailed, get_many, transact
 from .errors import StorageUnavailable
-
-# DynamoDB's limits: BatchGetItem reads 100 keys, TransactWriteItems writes 100 items.
-_READ_BATCH = 100
-_WRITE_BATCH = 100
-_UNPROCESSED_ATTEMPTS = 5
 
 
 class ClaimLost(Exception):
@@ -133,12 +128,12 @@ class Ledger:
         now = self._clock()
         found: dict[str, Entry] = {}
         prefix, sort_key = _pk_prefix(source_id), {"S": "MSG"}
-        for start in range(0, len(unique), _READ_BATCH):
+        for start in range(0, len(unique), KEYS_PER_READ):
             keys = [
                 {"pk": {"S": prefix + message_id}, "sk": sort_key}
-                for message_id in unique[start : start + _READ_BATCH]
+                for message_id in unique[start : start + KEYS_PER_READ]
             ]
-            for item in self._get_many(keys):
+            for item in get_many(self._db, self._table, keys):
                 if float(item["expiresAt"]["N"]) > now:
                     found[item["pk"]["S"][len(prefix) :]] = _entry(item)
         return found
@@ -184,7 +179,7 @@ class Ledger:
                 for message_id, entry in previous.items()
             ]
         claimed = 0
-        for chunk in _chunks(items, _WRITE_BATCH):
+        for chunk in _chunks(items, ITEMS_PER_TRANSACTION):
             try:
                 self._transact(chunk)
             except (ClaimLost, StorageUnavailable):
@@ -231,7 +226,7 @@ class Ledger:
             self.record_identity(source_id, message_id, object_key, identity)
             for message_id, identity in identities.items()
         ]
-        for chunk in _chunks(items, _WRITE_BATCH):
+        for chunk in _chunks(items, ITEMS_PER_TRANSACTION):
             try:
                 self._transact(chunk)
             except ClaimLost:
@@ -256,32 +251,15 @@ class Ledger:
             }
             for message_id in dict.fromkeys(message_ids)
         ]
-        for chunk in _chunks(items, _WRITE_BATCH):
+        for chunk in _chunks(items, ITEMS_PER_TRANSACTION):
             with suppress(ClaimLost, StorageUnavailable):
                 self._transact(chunk)
 
-    def _get_many(self, keys: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
-        for _ in range(_UNPROCESSED_ATTEMPTS):
-            try:
-                answer = self._db.batch_get_item(RequestItems=request)
-            except (ClientError, BotoCoreError) as exc:
-                raise StorageUnavailable(f"DynamoDB BatchGetItem failed: {_code(exc)}") from exc
-            yield from answer["Responses"].get(self._table, [])
-            request = answer.get("UnprocessedKeys") or {}
-            if not request:
-                return
-        raise StorageUnavailable("DynamoDB BatchGetItem left keys unprocessed")
-
     def _transact(self, items: list[dict[str, Any]]) -> None:
         try:
-            self._db.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            if _code(exc) == "TransactionCanceledException":
-                raise ClaimLost from exc
-            raise StorageUnavailable(f"DynamoDB TransactWriteItems failed: {_code(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"DynamoDB TransactWriteItems failed: {_code(exc)}") from exc
+            transact(self._db, items)
+        except ConditionsFailed as exc:
+            raise ClaimLost from exc
 
 
 class RequestDecisions:
@@ -395,9 +373,3 @@ def _entry(item: dict[str, Any]) -> Entry:
 def _chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _code(exc: ClientError | BotoCoreError) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "Unknown"))
-    return type(exc).__name__

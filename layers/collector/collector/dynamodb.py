@@ -1,0 +1,59 @@
+"""The two bulk DynamoDB calls the ledger and the identity graph share, with DynamoDB's limits
+and failures handled once: BatchGetItem in reads of 100 keys, TransactWriteItems whose failed
+conditions raise ConditionsFailed; anything else is StorageUnavailable (a 503)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import StorageUnavailable
+
+KEYS_PER_READ = 100
+ITEMS_PER_TRANSACTION = 100
+_UNPROCESSED_ATTEMPTS = 5
+_CONDITIONS_FAILED = frozenset({"TransactionCanceledException", "ConditionalCheckFailedException"})
+
+
+class ConditionsFailed(Exception):
+    """A transaction's conditions did not hold: another writer got there first."""
+
+
+def get_many(dynamodb: Any, table: str, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The items at `keys` that exist, read consistently, 100 keys a call."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), KEYS_PER_READ):
+        request = {table: {"Keys": keys[start : start + KEYS_PER_READ], "ConsistentRead": True}}
+        for _ in range(_UNPROCESSED_ATTEMPTS):
+            try:
+                answer = dynamodb.batch_get_item(RequestItems=request)
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageUnavailable(
+                    f"DynamoDB BatchGetItem failed: {error_code(exc)}"
+                ) from exc
+            found.extend(answer["Responses"].get(table, []))
+            request = answer.get("UnprocessedKeys") or {}
+            if not request:
+                break
+        else:
+            raise StorageUnavailable("DynamoDB BatchGetItem left keys unprocessed")
+    return found
+
+
+def transact(dynamodb: Any, items: list[dict[str, Any]]) -> None:
+    """One all-or-nothing write of at most 100 items (each names its table)."""
+    try:
+        dynamodb.transact_write_items(TransactItems=items)
+    except ClientError as exc:
+        if error_code(exc) in _CONDITIONS_FAILED:
+            raise ConditionsFailed from exc
+        raise StorageUnavailable(f"DynamoDB TransactWriteItems failed: {error_code(exc)}") from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable(f"DynamoDB TransactWriteItems failed: {error_code(exc)}") from exc
+
+
+def error_code(exc: ClientError | BotoCoreError) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+    return type(exc).__name__
