@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-long lint format typecheck bench lock clean
+.PHONY: dev dev-fresh sql test test-long lint format typecheck bench lock clean
 
 $(STAMP): requirements/dev.lock layers/collector/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,42 @@ $(STAMP): requirements/dev.lock layers/collector/requirements.txt pyproject.toml
 dev: $(STAMP)
 	$(BIN)/python -m collector.tools.devserver
 
-test: $(STAMP) lint
+# SQL over the data of `make dev` (collector-query): the tables and views Athena has.
+sql: $(STAMP)
+	$(BIN)/collector-query --interactive
+
+# The same, with the data directory (.collector-data, or COLLECTOR_DATA_DIR) emptied first.
+dev-fresh: $(STAMP)
+	$(BIN)/python -m collector.tools.devserver --fresh
+
+test: $(STAMP) lint browser-deps
 	$(BIN)/python -m pytest -m "not slow and not bench"
 	$(BIN)/python -m pytest -m bench -q
+
+# tests/test_browser.py: analytics.js from npm (tests/browser/package-lock.json) bundled by
+# esbuild, run in Debian's Chromium (Playwright's own browser downloads are never used). Each
+# step runs once: the files it makes are the targets.
+BROWSER_DIR := tests/browser
+BROWSER_BUNDLE := $(BROWSER_DIR)/dist/analytics.js
+BROWSER_MODULES := $(BROWSER_DIR)/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+.PHONY: browser-deps
+browser-deps: $(CHROMIUM) $(BROWSER_BUNDLE)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(APT_INSTALL) chromium
+
+$(BROWSER_MODULES): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) npm; }
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(BROWSER_BUNDLE): $(BROWSER_DIR)/entry.js $(BROWSER_MODULES)
+	cd $(BROWSER_DIR) && npm run --silent build
 
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m slow

@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -24,8 +25,11 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "EventCollector")
 
 from collector import api
 from collector.sources import SourceRegistry
-from collector.tools.localapi import LocalApiGateway
+from collector.tools.instances import engines
+from collector.tools.localapi import LocalApiGateway, one_instance
 from collector.tools.resources import create_bucket, create_table
+
+pytest_plugins = ["tests.devserver", "tests.chromium"]
 
 BUCKET = "test-events"
 TABLE = "test-identity"
@@ -37,6 +41,8 @@ class Aws:
     dynamodb: Any
     bucket: str = BUCKET
     table: str = TABLE
+    # Where the local engines keep their data; None for moto.
+    data_dir: Path | None = None
 
     def keys(self, prefix: str = "") -> list[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
@@ -74,13 +80,37 @@ def clear_api_caches() -> None:
         cached.cache_clear()
 
 
+ENGINES = ("moto", "local")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `engines` run once per engine: the conformance suite of the embedded local
+    engines is the AWS adapters' own tests."""
+    if "aws" in metafunc.fixturenames and metafunc.definition.get_closest_marker("engines"):
+        metafunc.parametrize("aws", ENGINES, indirect=True)
+
+
 @pytest.fixture
-def aws() -> Iterator[Aws]:
+def aws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Aws]:
+    """S3 and DynamoDB as template.yaml makes them: moto's, or, parametrized indirectly with
+    "local", the embedded engines of `make dev` (the request path then uses them too)."""
+    engine = getattr(request, "param", "moto")
+    # moto stays on under the local engines too: no stray call can reach a real account.
     with mock_aws():
-        s3, dynamodb = boto3.client("s3"), boto3.client("dynamodb")
-        create_bucket(s3, BUCKET)
+        data_dir = tmp_path / "engines" if engine == "local" else None
+        if data_dir is not None:
+            clients = engines(data_dir)
+            s3, dynamodb = clients["s3"], clients["dynamodb"]
+            s3.create_bucket(Bucket=BUCKET)
+            api.use_clients(clients)
+        else:
+            s3, dynamodb = boto3.client("s3"), boto3.client("dynamodb")
+            create_bucket(s3, BUCKET)
         create_table(dynamodb, TABLE)
-        yield Aws(s3, dynamodb)
+        try:
+            yield Aws(s3, dynamodb, data_dir=data_dir)
+        finally:
+            api.use_clients({})
 
 
 @pytest.fixture
@@ -91,7 +121,7 @@ def write_key(aws: Aws) -> str:
 
 @pytest.fixture
 def server(aws: Aws) -> Iterator[LocalApiGateway]:
-    local = LocalApiGateway(("127.0.0.1", 0), api.lambda_handler)
+    local = LocalApiGateway(("127.0.0.1", 0), one_instance(api.lambda_handler))
     thread = threading.Thread(target=local.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield local
@@ -186,6 +216,10 @@ def replayed_partition(events: list[dict[str, Any]]) -> set[frozenset[str]]:
 def atomic(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     """moto's DynamoDB, one request at a time (DynamoDB's own atomicity per request): moto's
     conditional writes are get, check, write without a lock, so races need this."""
+    if aws.data_dir is not None:
+        # The local engine's writes are SQLite transactions: atomic without help.
+        yield aws
+        return
     lock = threading.Lock()
     requests = 0
     call_action = DynamoHandler.call_action

@@ -1,5 +1,6 @@
 """Fault injection through botocore's event hooks: a share of a client's AWS calls fail the ways
-AWS calls fail (500, 503, throttling, a timeout before the call, a timeout after moto applied it).
+AWS calls fail (500, 503, throttling, a timeout before the call, a timeout after moto applied it),
+on moto's clients and on the embedded engines of `make dev` alike.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Any
 
 import orjson
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 from moto.core.botocore_stubber import MockRawResponse
 from moto.core.models import botocore_stubber
+
+from collector.tools.embedded import EmbeddedClient
 
 KINDS = ("500", "503", "throttled", "timeout-before", "timeout-after-applied")
 
@@ -27,17 +30,47 @@ class Faults:
         self.injected: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
+        self._applied_then_lost = threading.local()
 
     def install(self, client: Any) -> None:
+        if isinstance(client, EmbeddedClient):
+            client.meta.events.register("before-send", self._before_embedded_send)
+            client.meta.events.register("response-received", self._after_embedded_work)
+            return
         # First, so it runs before moto's own before-send handler answers the call.
         client.meta.events.register_first("before-send", self._before_send)
 
-    def _before_send(self, request: Any, event_name: str, **_: Any) -> AWSResponse | None:
+    def _draw(self) -> str | None:
         with self._lock:
             if not self.enabled or self._random.random() >= self.rate:
                 return None
             kind = self._random.choice(KINDS)
             self.injected[kind] += 1
+            return kind
+
+    def _before_embedded_send(self, event_name: str, **_: Any) -> None:
+        """The same faults for the embedded engines: raised as botocore would raise them from
+        the error answer; a timeout after the call is raised once the work is done."""
+        kind = self._draw()
+        if kind is None:
+            return
+        if kind == "timeout-before":
+            raise ConnectTimeoutError(endpoint_url="local")
+        if kind == "timeout-after-applied":
+            self._applied_then_lost.pending = True
+            return
+        service = event_name.split(".")[1]
+        raise ClientError(_error_body(service, kind), event_name.split(".")[2])
+
+    def _after_embedded_work(self, **_: Any) -> None:
+        if getattr(self._applied_then_lost, "pending", False):
+            self._applied_then_lost.pending = False
+            raise ReadTimeoutError(endpoint_url="local")
+
+    def _before_send(self, request: Any, event_name: str, **_: Any) -> AWSResponse | None:
+        kind = self._draw()
+        if kind is None:
+            return None
         service = event_name.split(".")[1]
         if kind == "timeout-before":
             raise ConnectTimeoutError(endpoint_url=request.url)
@@ -47,19 +80,31 @@ class Faults:
         return _error_response(service, kind, request.url)
 
 
-def _error_response(service: str, kind: str, url: str) -> AWSResponse:
+def _status_and_code(service: str, kind: str) -> tuple[int, str]:
     if service == "s3":
-        status, code = {"500": (500, "InternalError"), "503": (503, "SlowDown")}.get(
-            kind, (503, "SlowDown")
-        )
+        return {"500": (500, "InternalError")}.get(kind, (503, "SlowDown"))
+    return {
+        "500": (500, "InternalServerError"),
+        "503": (503, "ServiceUnavailable"),
+        "throttled": (400, "ThrottlingException"),
+    }[kind]
+
+
+def _error_response(service: str, kind: str, url: str) -> AWSResponse:
+    status, code = _status_and_code(service, kind)
+    if service == "s3":
         body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
         headers = {"Content-Type": "application/xml"}
     else:
-        status, code = {
-            "500": (500, "InternalServerError"),
-            "503": (503, "ServiceUnavailable"),
-            "throttled": (400, "ThrottlingException"),
-        }[kind]
         body = orjson.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "x"})
         headers = {"Content-Type": "application/x-amz-json-1.0"}
     return AWSResponse(url, status, {**headers, "x-amzn-RequestId": "fault"}, MockRawResponse(body))
+
+
+def _error_body(service: str, kind: str) -> dict[str, Any]:
+    """What botocore parses `_error_response` into."""
+    status, code = _status_and_code(service, kind)
+    return {
+        "Error": {"Code": code, "Message": "injected"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }

@@ -1,215 +1,59 @@
-"""`make dev` for real: the dev server as a subprocess, a real client, moto over HTTP, Ctrl-C."""
+"""`make dev` for real: the dev server as a subprocess, a real client, its data directory, a
+restart that keeps the data, `--fresh`, and Ctrl-C or SIGTERM stopping everything."""
 
 from __future__ import annotations
 
-import gzip
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import boto3
-import orjson
 import pytest
+import requests
 from segment.analytics import Client as SegmentClient
 
 from collector.auth import hash_write_key
 from collector.sources import SourceRegistry
+from collector.tools.local_dynamodb import LocalDynamoDB
+from tests.devserver import DEV_KEY, DevServer, StartDevServer, port_is_free
 
-REPO = Path(__file__).resolve().parents[1]
-BANNER_END = "Ctrl-C stops."
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-DEV_KEY = "test-dev-write-key-" + uuid.uuid4().hex[:8]
-# Anything the developer's shell (or the test environment) might set that would steer the server.
-CLEARED = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL_DYNAMODB",
-    "AWS_SESSION_TOKEN",
-    "EVENTS_BUCKET",
-    "IDENTITY_TABLE",
-    "COLLECTOR_DEV_WRITE_KEY",
-    "PORT",
-    "AWS_PORT",
-)
+STOP_WITHIN_SECONDS = 2.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def send_track(server: DevServer, event: str) -> str:
+    """One track through segment-analytics-python; its messageId."""
+    errors: list[Exception] = []
+    client = SegmentClient(
+        server.write_key,
+        host=server.url,
+        gzip=True,
+        max_retries=0,
+        on_error=lambda error, _batch: errors.append(error),
+    )
+    message_id = f"track-{uuid.uuid4()}"
+    client.track("user-1", event, {"attempt": 1}, message_id=message_id)
+    client.flush()
+    client.shutdown()
+    assert errors == [], server.output()
+    return message_id
 
 
-def port_is_free(port: int) -> bool:
-    """Nobody listens and a server could bind it (SO_REUSEADDR, as HTTP servers bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
-        client.settimeout(1)
-        if client.connect_ex(("127.0.0.1", port)) == 0:
-            return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def group_running(server: DevServer) -> list[int]:
+    """The processes of the server's group (it and its Lambda instances) that still run; a
+    zombie has stopped and only waits for init to collect its exit status."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            server.bind(("127.0.0.1", port))
-            server.listen()
-        except OSError:
-            return False
-    return True
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == server.process.pid and state != "Z":
+            running.append(int(stat.parent.name))
+    return running
 
 
-@dataclass
-class DevServer:
-    process: subprocess.Popen[str]
-    port: int
-    aws_port: int
-    write_key: str
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    readers: list[threading.Thread] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def aws_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.aws_port}"
-
-    def read(self, stream: Any, lines: list[str]) -> None:
-        for line in stream:
-            with self.changed:
-                lines.append(line.rstrip("\n"))
-                self.changed.notify_all()
-        with self.changed:
-            self.changed.notify_all()
-
-    def wait_for_line(self, text: str, timeout: float) -> bool:
-        """Whether a stdout line equal to `text` appeared within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while text not in self.stdout:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (
-                    self.process.poll() is not None
-                    and not any(reader.is_alive() for reader in self.readers)
-                ):
-                    return text in self.stdout
-                self.changed.wait(min(remaining, 0.2))
-            return True
-
-    def banner(self) -> str:
-        with self.changed:
-            end = self.stdout.index(BANNER_END)
-            start = max(
-                i for i, line in enumerate(self.stdout[:end]) if line.startswith("collector")
-            )
-            return "\n".join(self.stdout[start : end + 1])
-
-    def output(self) -> str:
-        with self.changed:
-            return "stdout:\n" + "\n".join(self.stdout) + "\nstderr:\n" + "\n".join(self.stderr)
-
-    def aws(self, service: str) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.aws_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT)
-        finally:
-            for reader in self.readers:
-                reader.join(timeout=STOP_TIMEOUT)
-            for stream in (self.process.stdout, self.process.stderr):
-                if stream:
-                    stream.close()
-
-
-StartDevServer = Callable[..., DevServer]
-
-
-@pytest.fixture
-def start_dev_server() -> Iterator[StartDevServer]:
-    """Starts `python -m collector.tools.devserver`; every process is killed at teardown."""
-    started: list[DevServer] = []
-
-    def start(**env_overrides: str) -> DevServer:
-        port, aws_port = free_port(), free_port()
-        while aws_port == port:
-            aws_port = free_port()
-        env = {name: value for name, value in os.environ.items() if name not in CLEARED}
-        env.update(
-            PORT=str(port),
-            AWS_PORT=str(aws_port),
-            COLLECTOR_DEV_WRITE_KEY=DEV_KEY,
-            PYTHONUNBUFFERED="1",
-            **env_overrides,
-        )
-        process = subprocess.Popen(
-            [sys.executable, "-m", "collector.tools.devserver"],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            # Its own process group: a Ctrl-C at the terminal running pytest does not reach it.
-            start_new_session=True,
-        )
-        server = DevServer(process, port, aws_port, DEV_KEY)
-        started.append(server)
-        for stream, lines in ((process.stdout, server.stdout), (process.stderr, server.stderr)):
-            reader = threading.Thread(target=server.read, args=(stream, lines), daemon=True)
-            reader.start()
-            server.readers.append(reader)
-        if not server.wait_for_line(BANNER_END, START_TIMEOUT):
-            pytest.fail(f"no banner within {START_TIMEOUT} s\n{server.output()}")
-        return server
-
-    yield start
-    for server in started:
-        server.close()
-
-
-def stop(server: DevServer) -> int:
-    server.process.send_signal(signal.SIGINT)
-    try:
-        return server.process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"still running {STOP_TIMEOUT} s after SIGINT\n{server.output()}")
-
-
-def stored_events(s3: Any, bucket: str) -> list[dict[str, Any]]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/")
-    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
-    events: list[dict[str, Any]] = []
-    for key in keys:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        events.extend(orjson.loads(line) for line in gzip.decompress(body).splitlines())
-    return events
-
-
-def test_dev_server_collects_a_real_client_batch_and_stops_on_ctrl_c(
+def test_dev_server_collects_a_real_client_batch_into_its_data_directory(
     start_dev_server: StartDevServer,
 ) -> None:
     server = start_dev_server()
@@ -217,30 +61,12 @@ def test_dev_server_collects_a_real_client_batch_and_stops_on_ctrl_c(
 
     assert re.search(rf"^collector\s+{re.escape(server.url)}\s", banner, re.MULTILINE), banner
     assert re.search(rf"^write key\s+{re.escape(DEV_KEY)}$", banner, re.MULTILINE), banner
-    assert re.search(
-        rf"\(moto\)\s+{re.escape(server.aws_endpoint)}\s+bucket collector-events-local\s+"
-        r"table collector-identity-local$",
-        banner,
-        re.MULTILINE,
-    ), banner
-    assert f"--endpoint-url {server.aws_endpoint} " in banner
+    assert re.search(rf"^data\s+{re.escape(str(server.data_dir))}\s", banner, re.MULTILINE)
+    assert "bucket collector-events-local  table collector-identity-local" in banner
 
-    errors: list[Exception] = []
-    client = SegmentClient(
-        DEV_KEY,
-        host=server.url,
-        gzip=True,
-        max_retries=0,
-        on_error=lambda error, _batch: errors.append(error),
-    )
-    message_id = f"track-{uuid.uuid4()}"
-    client.track("user-1", "Dev Server Tried", {"attempt": 1}, message_id=message_id)
-    client.flush()
-    client.shutdown()
-    assert errors == [], server.output()
+    message_id = send_track(server, "Dev Server Tried")
 
-    events = stored_events(server.aws("s3"), "collector-events-local")
-    [track] = [event for event in events if event.get("messageId") == message_id]
+    [track] = [event for event in server.stored() if event.get("messageId") == message_id]
     assert track["type"] == "track"
     assert track["event"] == "Dev Server Tried"
     assert track["properties"] == {"attempt": 1}
@@ -249,14 +75,61 @@ def test_dev_server_collects_a_real_client_batch_and_stops_on_ctrl_c(
     assert track["context"]["ip"] == "127.0.0.1"
     assert track["context"]["library"]["name"] == "analytics-python"
     assert "writeKey" not in track
+    [path] = server.bucket_dir.glob("events/dt=*/hour=*/*.json.gz")
+    assert re.fullmatch(
+        r"dt=\d{4}-\d\d-\d\d/hour=\d\d",
+        path.parent.relative_to(server.bucket_dir / "events").as_posix(),
+    )
 
-    assert stop(server) == 0, server.output()
-    for reader in server.readers:
-        reader.join(timeout=STOP_TIMEOUT)
+    assert server.stop() == 0, server.output()
     assert "stopped" in server.stdout, server.output()
     assert not any("Traceback" in line for line in server.stderr), server.output()
     assert port_is_free(server.port)
-    assert port_is_free(server.aws_port)
+
+
+def test_data_survives_a_restart_and_fresh_starts_empty(
+    start_dev_server: StartDevServer,
+) -> None:
+    first = start_dev_server()
+    before = send_track(first, "Before Restart")
+    identify = {"userId": "user-9", "anonymousId": "anon-9", "messageId": "identify-9"}
+    first.send("identify", identify).raise_for_status()
+    assert first.stop() == 0, first.output()
+
+    second = start_dev_server(data_dir=first.data_dir)
+    after = send_track(second, "After Restart")
+    assert {before, after} <= {event["messageId"] for event in second.stored()}
+    person = requests.get(f"{second.url}/v1/identities/anon-9", timeout=10).json()
+    assert sorted(person["distinctIds"]) == ["anon-9", "user-9"]
+    # The same messageId again is a duplicate across the restart: the ledger persisted too.
+    again = second.send("identify", identify)
+    assert again.status_code == 200
+    assert [e["messageId"] for e in second.stored()].count("identify-9") == 1
+    assert second.stop() == 0, second.output()
+
+    fresh = start_dev_server("--fresh", data_dir=first.data_dir)
+    assert fresh.stored() == []
+    assert requests.get(f"{fresh.url}/v1/identities/anon-9", timeout=10).status_code == 404
+    assert fresh.stop() == 0, fresh.output()
+
+
+def test_sigterm_stops_the_server_and_its_instances_within_two_seconds(
+    start_dev_server: StartDevServer,
+) -> None:
+    server = start_dev_server()
+    send_track(server, "Before Stop")
+
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=STOP_WITHIN_SECONDS * 5)
+    while group_running(server) and time.monotonic() - started < STOP_WITHIN_SECONDS * 5:
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+
+    assert group_running(server) == [], server.output()
+    assert elapsed < STOP_WITHIN_SECONDS, f"{elapsed:.2f} s\n{server.output()}"
+    assert server.process.returncode == 0, server.output()
+    assert port_is_free(server.port)
 
 
 def test_dev_server_honours_bucket_and_table_overrides(
@@ -270,12 +143,50 @@ def test_dev_server_honours_bucket_and_table_overrides(
     banner = server.banner()
     assert re.search(rf"bucket {bucket}\s+table {table}$", banner, re.MULTILINE), banner
     assert "collector-events-local" not in banner
-    assert "collector-identity-local" not in banner
-    s3, dynamodb = server.aws("s3"), server.aws("dynamodb")
-    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [bucket]
+    send_track(server, "Overridden")
+    assert [event["event"] for event in server.stored()] == ["Overridden"]
+    dynamodb = LocalDynamoDB(server.data_dir / "dynamodb.sqlite3")
     assert dynamodb.list_tables()["TableNames"] == [table]
     # The dev source's key is registered in the named table, hashed.
     source = SourceRegistry(dynamodb, table).lookup(hash_write_key(DEV_KEY))
     assert source is not None
     assert source.name == "dev"
-    assert stop(server) == 0, server.output()
+    assert server.stop() == 0, server.output()
+
+
+def test_https_on_request_with_a_certificate_kept_in_the_data_directory(
+    start_dev_server: StartDevServer,
+) -> None:
+    server = start_dev_server(DEV_HTTPS="1")
+    url = f"https://127.0.0.1:{server.port}"
+    assert re.search(rf"^collector\s+{re.escape(url)}\s", server.banner(), re.MULTILINE)
+    cert = server.data_dir / "tls" / "localhost.pem"
+    assert f"trust {cert}" in server.banner()
+
+    # A plain-HTTP client on the TLS port gets nowhere, and holds nothing up.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/debugger", timeout=5)
+    answer = requests.post(
+        f"{url}/v1/track",
+        json={"userId": "user-1", "event": "Over TLS", "messageId": "tls-1"},
+        auth=(server.write_key, ""),
+        verify=str(cert),
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    assert [event["event"] for event in server.stored()] == ["Over TLS"]
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{url}/debugger", timeout=5)  # not trusted unless told to
+    assert server.stop() == 0, server.output()
+    pem = cert.read_bytes()
+
+    again = start_dev_server(DEV_HTTPS="1", data_dir=server.data_dir)
+    assert f"trust {cert}" in again.banner()
+    assert cert.read_bytes() == pem  # kept: a browser told to trust it once keeps trusting it
+    assert (
+        requests.get(
+            f"{url.rsplit(':', 1)[0]}:{again.port}/debugger", verify=str(cert), timeout=10
+        ).status_code
+        == 200
+    )
+    assert again.stop() == 0, again.output()

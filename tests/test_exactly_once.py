@@ -22,6 +22,8 @@ from collector.tools.localapi import LambdaContext, LocalApiGateway, proxy_event
 
 from .conftest import Aws, basic
 
+pytestmark = pytest.mark.engines
+
 
 def browser_message(n: int, write_key: str) -> dict[str, Any]:
     """A message as analytics-next batches it: its own sentAt, _metadata, an ajs-next id."""
@@ -93,14 +95,14 @@ def test_segment_client_requeue_after_503_stores_each_message_once(
 
     s3.meta.events.register("after-call.s3.PutObject", time_out_once)
     sent: list[list[str]] = []
-    handler = server.handler
+    invoke = server.invoke
 
-    def recording(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    def recording(event: dict[str, Any]) -> dict[str, Any]:
         body = orjson.loads(base64.b64decode(event["body"]))
         sent.append([message["messageId"] for message in body["batch"]])
-        return handler(event, context)
+        return invoke(event)
 
-    server.handler = recording
+    server.invoke = recording
     client = Client(write_key, host=server.url, upload_size=10, max_retries=3)
     for n in range(25):
         client.track(f"user-{n}", "Re-queued", {"n": n})

@@ -31,6 +31,8 @@ from .test_identity_properties import (
     read_graph,
 )
 
+pytestmark = pytest.mark.engines
+
 Step = tuple[str, str, str | None, bool]
 
 

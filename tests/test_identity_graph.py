@@ -25,6 +25,8 @@ from collector.tools.localapi import LocalApiGateway
 from .conftest import Aws
 from .test_identity_properties import write_unmarked_person
 
+pytestmark = pytest.mark.engines
+
 WRITES = frozenset({"PutItem", "UpdateItem", "TransactWriteItems", "BatchWriteItem", "DeleteItem"})
 
 

@@ -28,6 +28,8 @@ from .test_identity_properties import (
     write_unmarked_person,
 )
 
+pytestmark = pytest.mark.engines
+
 Call = tuple[str, str, str | None, bool]  # kind, userId, anonymousId/previousId, forced
 WINS = {"created", "attached"}  # an unforced identify never merges (issue 7)
 ROUNDS = 30

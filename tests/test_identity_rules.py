@@ -19,6 +19,8 @@ from collector.identity import (
     refusal_reason,
 )
 
+pytestmark = pytest.mark.engines
+
 # --- refused ids ---------------------------------------------------------------------------
 
 # PostHog's illegal ids (both of its lists) plus Segment's suggestions, as the issue lists them.

@@ -8,6 +8,8 @@ import pytest
 
 from collector.ledger import ClaimLost, Entry, Ledger, plan
 
+pytestmark = pytest.mark.engines
+
 NOW = 1_800_000_000.0
 
 

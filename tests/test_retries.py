@@ -17,7 +17,7 @@ from collector.config import Settings
 from collector.ingest import Collector, IncomingRequest
 from collector.ledger import Ledger
 from collector.storage import EventStore
-from collector.tools.localapi import LocalApiGateway
+from collector.tools.localapi import LocalApiGateway, one_instance
 
 from .conftest import BUCKET, TABLE, Aws
 
@@ -33,7 +33,7 @@ def test_segment_client_retry_after_a_lost_response_stores_once(aws: Aws, write_
             return {"statusCode": 503, "headers": {}, "body": '{"message": "timeout"}'}
         return response
 
-    server = LocalApiGateway(("127.0.0.1", 0), lose_first_response)
+    server = LocalApiGateway(("127.0.0.1", 0), one_instance(lose_first_response))
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         client = Client(write_key, host=server.url, max_retries=3)

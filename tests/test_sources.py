@@ -16,6 +16,8 @@ from collector.tools.sources import main
 
 from .conftest import Aws
 
+pytestmark = pytest.mark.engines
+
 # ---------------------------------------------------------------------------------------------
 # SourceRegistry against moto
 
@@ -169,7 +171,8 @@ LIST_LINE = re.compile(
 
 
 def cli(capsys: pytest.CaptureFixture[str], aws: Aws, *args: str) -> tuple[int, str, str]:
-    code = main(["--table", aws.table, *args])
+    local = [] if aws.data_dir is None else ["--data-dir", str(aws.data_dir)]
+    code = main(["--table", aws.table, *local, *args])
     out, err = capsys.readouterr()
     return code, out, err
 

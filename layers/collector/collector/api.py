@@ -37,12 +37,43 @@ logger = Logger()
 metrics = Metrics()
 # Preflights and unknown routes publish no metric, and that is fine.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
+
+
+class AllowedOrigins(CORSConfig):
+    """CORS as the ALLOWED_ORIGINS setting says, read on first use like every setting.
+
+    "*": Powertools' own answer, `Access-Control-Allow-Origin: *` without credentials. A list:
+    the caller's origin named back when it is listed, with `Access-Control-Allow-Credentials`,
+    and `Vary: Origin` on every answer (it depends on the Origin header, so no cache may reuse
+    one origin's answer for another); an unlisted origin gets no allow-origin header.
+    Powertools calls `allowed_origin` for each answer of a CORS route, OPTIONS preflights
+    included, and adds `to_dict` of what it returned unless that is None.
+    """
+
+    def allowed_origin(self, extracted_origin: str | None) -> str | None:
+        if settings().origins is None:
+            return None if extracted_origin is None else super().allowed_origin(extracted_origin)
+        # Not None even without an Origin header, so that answer carries Vary too.
+        return extracted_origin or ""
+
+    def to_dict(self, origin: str | None) -> dict[str, str]:
+        origins = settings().origins
+        if origins is None:
+            return super().to_dict(origin)
+        if origin not in origins:
+            return {"Vary": "Origin"}
+        # Built with allow_origin="*", Powertools answers any origin it is given; credentials
+        # go with a named origin only (browsers refuse them next to "*").
+        return {**super().to_dict(origin), "Vary": "Origin"}
+
+
 # analytics.js 2.0 sends Authorization and X-Retry-Count, so every browser call is preflighted.
 app = APIGatewayRestResolver(
-    cors=CORSConfig(
+    cors=AllowedOrigins(
         allow_origin="*",
         allow_headers=["Authorization", "Content-Type", "X-Retry-Count"],
         max_age=7200,
+        allow_credentials=True,
     )
 )
 # Short timeouts and few attempts: the client retries on our 503, with its own backoff.
@@ -56,10 +87,25 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+# Clients standing in for AWS's, by service name: set only by the dev server's embedded engines.
+_stand_ins: dict[str, Any] = {}
+
+
 @cache
 def aws_client(service: str) -> Any:
     """One client per service for the warm Lambda's life (each costs tens of ms to create)."""
+    if service in _stand_ins:
+        return _stand_ins[service]
     return boto3.session.Session().client(service, config=_AWS_CONFIG)
+
+
+def use_clients(clients: dict[str, Any]) -> None:
+    """Serve with `clients` (by service name) instead of AWS's: `make dev` runs the collector on
+    embedded engines that answer the same calls; `{}` goes back to AWS. Never called in Lambda."""
+    _stand_ins.clear()
+    _stand_ins.update(clients)
+    for cached in (aws_client, collector, identity_graph):
+        cached.cache_clear()
 
 
 @cache
@@ -104,7 +150,8 @@ def telemetry() -> Response[Any]:
     return _json(200, {"success": True})
 
 
-@app.get("/v1/identities/<distinct_id>")
+# Never CORS-open, whatever ALLOWED_ORIGINS says: a page must not read who its visitor is.
+@app.get("/v1/identities/<distinct_id>", cors=False)
 def identity(distinct_id: str) -> Response[Any]:
     """Who `distinct_id` is. Personal data: on AWS this route takes IAM (SigV4), not write keys."""
     # Powertools matches the raw path, which API Gateway (REST) leaves percent-encoded.
@@ -115,6 +162,13 @@ def identity(distinct_id: str) -> Response[Any]:
             {"success": False, "code": "unknown_id", "message": "No person has this distinct id."},
         )
     return _json(200, view.as_json())
+
+
+@app.route("/v1/identities/<distinct_id>", method="OPTIONS", cors=False)
+def identity_preflight(distinct_id: str) -> Response[Any]:
+    """No CORS preflight here: Powertools would answer one on any path. API Gateway has no
+    OPTIONS method on this resource and answers it as below; only a direct invoke gets here."""
+    return _json(403, {"message": "Missing Authentication Token"})
 
 
 @app.post("/v1/<call>")

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
+from functools import cache
+
+# An origin as browsers send it: scheme://host[:port], no path, no wildcard. "null" (what
+# sandboxed frames and file:// pages send) is not one: allowing it would allow all of them.
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#,\s*]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,18 @@ class Settings:
     identity_blocked_ids: str = ""
     # How long a warm Lambda trusts a settled link's person id (a forced merge can change it).
     identity_cache_seconds: float = 300.0
+    # Browser origins allowed to call the API (CORS), comma-separated. "*": any origin, without
+    # credentials; a list: only those, with credentials (fetch's credentials: 'include').
+    allowed_origins: str = "*"
+
+    def __post_init__(self) -> None:
+        # A malformed value fails the cold start with its reason rather than a request later.
+        parse_origins(self.allowed_origins)
+
+    @property
+    def origins(self) -> frozenset[str] | None:
+        """The allowed origins; None for any origin ("*")."""
+        return parse_origins(self.allowed_origins)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -48,3 +66,21 @@ class Settings:
             elif raw:
                 values[setting.name] = type(setting.default)(raw)
         return cls(**values)  # type: ignore[arg-type]
+
+
+@cache
+def parse_origins(raw: str) -> frozenset[str] | None:
+    """ALLOWED_ORIGINS read: None for "*", else the set of origins, lower case and without a
+    trailing slash (browsers send the host in lower case and never a path)."""
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if items == ["*"]:
+        return None
+    if not items or "*" in items:
+        raise RuntimeError(f"ALLOWED_ORIGINS must be * or a list of origins, not {raw!r}")
+    origins = frozenset(item.lower().removesuffix("/") for item in items)
+    malformed = sorted(origin for origin in origins if not ORIGIN.fullmatch(origin))
+    if malformed:
+        raise RuntimeError(
+            f"ALLOWED_ORIGINS: {', '.join(malformed)} is not an origin (scheme://host[:port])"
+        )
+    return origins

@@ -69,9 +69,10 @@ class SourceRegistry:
         source = Source(id=uuid.uuid4().hex[:16], name=name, may_force_merge=may_force_merge)
         return source, self._issue_key(source, write_key)
 
-    def rotate(self, name: str) -> str:
-        """A new key for an existing source; its old keys keep working until revoked."""
-        return self._issue_key(self._source_named(name), None)
+    def rotate(self, name: str, write_key: str | None = None) -> str:
+        """A new key (or the given one, for local development) for an existing source; its
+        old keys keep working until revoked."""
+        return self._issue_key(self._source_named(name), write_key)
 
     def revoke(self, name: str, key_id: str | None = None) -> list[WriteKeyRecord]:
         """Revoke every live key of a source, or only the one key whose id starts with `key_id`."""

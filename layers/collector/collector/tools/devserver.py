@@ -1,58 +1,82 @@
-"""`make dev`: the collector on 127.0.0.1 with an in-memory S3 and DynamoDB (moto), no AWS account.
+"""`make dev`: the collector on 127.0.0.1, its S3 and DynamoDB embedded in a local directory.
 
-Environment: PORT (3000), AWS_PORT (5000), EVENTS_BUCKET, IDENTITY_TABLE, COLLECTOR_DEV_WRITE_KEY.
+No AWS account, no Docker, no moto: the Lambda code runs unchanged in worker processes (one per
+concurrent invocation, as Lambda does) against `LocalS3` (files) and `LocalDynamoDB` (SQLite).
+Data stays in COLLECTOR_DATA_DIR across restarts; `--fresh` (`make dev-fresh`) starts empty.
+
+Environment: PORT (3000), COLLECTOR_DATA_DIR (.collector-data), EVENTS_BUCKET, IDENTITY_TABLE,
+COLLECTOR_DEV_WRITE_KEY, DEV_INSTANCES (concurrent Lambda instances, default 4), DEV_HTTPS (1:
+serve https:// with a self-signed certificate kept in the data directory).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 DEFAULTS = {
+    "COLLECTOR_DATA_DIR": ".collector-data",
     "EVENTS_BUCKET": "collector-events-local",
     "IDENTITY_TABLE": "collector-identity-local",
     "COLLECTOR_DEV_WRITE_KEY": "local-dev-write-key",
+    "DEV_INSTANCES": "4",
     "AWS_DEFAULT_REGION": "us-east-1",
-    # moto accepts any credentials; fixed ones keep a developer's real profile out of play.
-    "AWS_ACCESS_KEY_ID": "local",
-    "AWS_SECRET_ACCESS_KEY": "local",
     "POWERTOOLS_SERVICE_NAME": "collector",
     "POWERTOOLS_METRICS_NAMESPACE": "EventCollector",
 }
+# Nothing of a developer's AWS setup may steer the local collector towards a real account.
+_CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
 
 
-def main() -> None:
-    port = int(os.environ.get("PORT", "3000"))
-    aws_port = int(os.environ.get("AWS_PORT", "5000"))
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="devserver", description=__doc__)
+    parser.add_argument("--fresh", action="store_true", help="delete the data directory first")
+    args = parser.parse_args(argv)
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
-    for profile_variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(profile_variable, None)
-    aws_endpoint = f"http://127.0.0.1:{aws_port}"
-    os.environ["AWS_ENDPOINT_URL"] = aws_endpoint
+    for name in _CLEARED:
+        os.environ.pop(name, None)
+    data_dir = Path(os.environ["COLLECTOR_DATA_DIR"]).resolve()
+    if args.fresh:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
-    # Imported after the environment is set: boto3 and Powertools read it at import.
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from collector.api import lambda_handler
+    from collector.identity_store import IdentityGraph
     from collector.sources import SourceRegistry
 
+    from .debugger import PAGE, Debugger
+    from .instances import InstanceFailed, LambdaInstances, engines
     from .localapi import LocalApiGateway
-    from .resources import create_bucket, create_table
+    from .tls import server_context
 
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=aws_port, verbose=False)
-    moto.start()
+    local = engines(data_dir)
     bucket, table = os.environ["EVENTS_BUCKET"], os.environ["IDENTITY_TABLE"]
-    create_bucket(boto3.client("s3"), bucket)
-    dynamodb = boto3.client("dynamodb")
-    create_table(dynamodb, table)
     write_key = os.environ["COLLECTOR_DEV_WRITE_KEY"]
-    SourceRegistry(dynamodb, table).add("dev", write_key)
+    prepare(local, bucket, table, write_key)
 
-    server = LocalApiGateway(("127.0.0.1", port), lambda_handler)
+    count = int(os.environ["DEV_INSTANCES"])
+    try:
+        instances = LambdaInstances(count, data_dir)
+    except InstanceFailed as exc:
+        raise SystemExit(f"devserver: a Lambda instance failed to start:\n{exc}") from None
+    debugger = Debugger(
+        data_dir / "s3" / bucket,
+        IdentityGraph(local["dynamodb"], table),
+        SourceRegistry(local["dynamodb"], table),
+    )
+    address = ("127.0.0.1", int(os.environ.get("PORT", "3000")))
+    tls, trust = None, ""
+    if os.environ.get("DEV_HTTPS", "") not in ("", "0"):
+        tls, cert_path = server_context(data_dir / "tls")
+        trust = (
+            f"tls        self-signed; trust {cert_path} (e.g. curl --cacert, NODE_EXTRA_CA_CERTS)\n"
+        )
+    server = LocalApiGateway(address, instances.invoke, debugger.answer, tls)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # shutdown() waits for serve_forever, so it must run off the serving thread.
@@ -63,18 +87,46 @@ def main() -> None:
     print(
         f"collector  {server.url}  (POST /v1/batch, /v1/track, ...)\n"
         f"write key  {write_key}\n"
-        f"S3+DynamoDB (moto) {aws_endpoint}  bucket {bucket}  table {table}\n"
-        f"inspect:   aws --endpoint-url {aws_endpoint} s3 ls --recursive s3://{bucket}/\n"
+        f"debugger   {server.url}{PAGE}  (live events, rejections, persons)\n"
+        f"data       {data_dir}  (kept across restarts; `make dev-fresh` starts empty)\n"
+        f"events     {data_dir / 's3' / bucket}/events/dt=…/hour=…/*.json.gz\n"
+        f"instances  {count} Lambda processes  bucket {bucket}  table {table}\n"
+        f"{trust}"
         "Ctrl-C stops.",
         flush=True,
     )
-
     try:
         server.serve_forever()
     finally:
         server.server_close()
-        moto.stop()
+        instances.stop()
         print("stopped", flush=True)
+
+
+def prepare(local: dict[str, Any], bucket: str, table: str, write_key: str) -> None:
+    """The bucket, the table (from template.yaml) and the dev source, unless already there."""
+    from botocore.exceptions import ClientError
+
+    from collector.auth import hash_write_key
+    from collector.sources import SourceRegistry
+
+    from .resources import create_table
+
+    local["s3"].create_bucket(Bucket=bucket)
+    dynamodb = local["dynamodb"]
+    try:
+        create_table(dynamodb, table)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+    # The ledger's entries outlive their window otherwise; DynamoDB's TTL does this on AWS.
+    dynamodb.remove_expired()
+    registry = SourceRegistry(dynamodb, table)
+    if registry.lookup(hash_write_key(write_key)) is None:
+        if any(record.source.name == "dev" for record in registry.records()):
+            registry.rotate("dev", write_key)
+        else:
+            registry.add("dev", write_key)
 
 
 if __name__ == "__main__":

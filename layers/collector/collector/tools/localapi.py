@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import ssl
 import threading
 import time
 import traceback
@@ -19,6 +20,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+# One Lambda invocation: the proxy event in, the proxy response out.
+Invoke = Callable[[dict[str, Any]], dict[str, Any]]
+# A page the dev server answers itself (method, path, query) -> (status, headers, body) or None.
+LocalPages = Callable[[str, str, str], tuple[int, dict[str, str], bytes] | None]
 
 # (method, resource) pairs of template.yaml's API; `{name}` is one path segment.
 ROUTES = (
@@ -124,24 +129,56 @@ def proxy_event(
     }
 
 
+def one_instance(handler: Handler) -> Invoke:
+    """Invocations of `handler` in this process, one at a time, as one Lambda instance serves."""
+    lock = threading.Lock()
+
+    def invoke(event: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            return handler(event, LambdaContext(aws_request_id=str(uuid.uuid4())))
+
+    return invoke
+
+
 class LocalApiGateway(ThreadingHTTPServer):
-    """Serves `handler` over HTTP, one invocation at a time, as one Lambda instance would."""
+    """Serves HTTP requests as API Gateway does: each routed request becomes one `invoke`, and
+    requests run concurrently (as far as `invoke` allows, like Lambda's concurrency)."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: Handler) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        invoke: Invoke,
+        pages: LocalPages | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(address, _RequestHandler)
-        self.handler = handler
-        self.invoke_lock = threading.Lock()
+        self.invoke = invoke
+        self.pages = pages
+        self.tls = tls
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
 
-    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
-        with self.invoke_lock:
-            return self.handler(event, LambdaContext(aws_request_id=str(uuid.uuid4())))
+    def get_request(self) -> tuple[Any, Any]:
+        connection, address = super().get_request()
+        if self.tls is None:
+            return connection, address
+        # The handshake happens in the request's own thread (finish_request), so one slow or
+        # plain-HTTP client cannot hold up the accept loop.
+        wrapped = self.tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                return  # not TLS, or it gave up: nothing to answer
+        super().finish_request(request, client_address)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -176,6 +213,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         path, _, query = self.path.partition("?")
+        page = self.server.pages(self.command, path, query) if self.server.pages else None
+        if page is not None:
+            self._reply(*page)
+            return
         event = proxy_event(
             self.command, path, query, list(self.headers.items()), body, self.client_address[0]
         )

@@ -1,7 +1,7 @@
 """`collector-sources`: add, list, rotate and revoke write keys in a deployment's table.
 
-Uses the standard AWS credential chain; `--table` (or IDENTITY_TABLE) names the table, and
-AWS_ENDPOINT_URL points it at the local moto server of `make dev`.
+Uses the standard AWS credential chain; `--table` (or IDENTITY_TABLE) names the table.
+`--data-dir` manages the keys of `make dev` instead: its data directory (COLLECTOR_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -9,16 +9,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from collector.sources import SourceRegistry
 
+from .instances import engines
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="collector-sources", description=__doc__)
     parser.add_argument("--table", default=os.environ.get("IDENTITY_TABLE"))
+    parser.add_argument(
+        "--data-dir", type=Path, help="the data directory of `make dev` (no AWS is used)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="create a source and print its first write key")
     add.add_argument("name")
@@ -37,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         parser.error("name the table with --table or IDENTITY_TABLE")
 
-    registry = SourceRegistry(boto3.client("dynamodb"), args.table)
+    dynamodb = (
+        boto3.client("dynamodb") if args.data_dir is None else engines(args.data_dir)["dynamodb"]
+    )
+    registry = SourceRegistry(dynamodb, args.table)
     try:
         if args.command == "add":
             source, key = registry.add(args.name, may_force_merge=args.allow_forced_merge)
