@@ -320,10 +320,12 @@ def test_stage_throttles_every_method(
 
 def test_every_log_group_has_retention_and_is_used(raw: dict[str, Any]) -> None:
     groups = of_type(raw, "AWS::Logs::LogGroup")
-    assert set(groups) == {"IngestLogGroup", "ApiAccessLogGroup"}
+    assert set(groups) == {"IngestLogGroup", "IdentityExportLogGroup", "ApiAccessLogGroup"}
     for props in groups.values():
         assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert properties(raw, FUNCTION)["LoggingConfig"]["LogGroup"] == {"Ref": "IngestLogGroup"}
+    export = properties(raw, "IdentityExportFunction")["LoggingConfig"]["LogGroup"]
+    assert export == {"Ref": "IdentityExportLogGroup"}
     destination = properties(raw, API)["AccessLogSetting"]["DestinationArn"]
     assert destination == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
     assert 1 <= raw["Parameters"]["LogRetentionDays"]["Default"] <= 3653

@@ -155,8 +155,10 @@ def test_make_package_builds_function_and_layer_without_docker(tmp_path: Path) -
     assert layer.resolve() == (build_dir / "CollectorLayer").resolve()
 
     check_layer(layer)
-    # The function is only the handler; its code and dependencies come from the layer.
+    # Each function is only its handler; code and dependencies come from the layer.
     assert sorted(p.name for p in function.iterdir()) == ["app.py"]
+    export = build_dir / resources["IdentityExportFunction"]["Properties"]["CodeUri"]
+    assert sorted(p.name for p in export.iterdir()) == ["app.py"]
 
     total = report("layer", layer, tmp_path) + report("function", function, tmp_path)
     print(f"function + layer: {total / 1e6:.2f} MB unzipped (Lambda's limit: 250 MB)")

@@ -32,11 +32,11 @@ from .identity import (
     decide,
     refusal_reason,
 )
+from .identity_cache import SettledLinks
 
 # DynamoDB allows 100 items per transaction; a moved id takes three (pointer, old and new
 # membership) and the two person headers take two.
 _IDS_PER_TRANSACTION = 32
-_WARM_CACHE_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,12 +185,7 @@ class IdentityGraph:
         self._max_ids = max_ids
         self._blocked = blocked
         self._attempts = attempts
-        # Links only ever join clusters, so "x and y are one identified person" stays true and a
-        # warm Lambda answers repeats of it without DynamoDB. Only the person's *id* can change
-        # (a forced merge elsewhere), so entries expire: distinct id -> (person id, expiry).
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._settled: dict[str, tuple[str, float]] = {}
+        self._settled = SettledLinks(cache_seconds, clock)
 
     def resolve(
         self, message: dict[str, Any], allow_force: bool = True, log: DecisionLog | None = None
@@ -220,7 +215,7 @@ class IdentityGraph:
                     return recorded  # a twin of this call decided it first
                 continue
             if decision.merge and source is not None:
-                self._forget(source.id)
+                self._settled.forget(source.id)
             return self._conclude(prepared, decision, person_id, log)
         return _unwritten(log, _outcome(call, "refused", None, "merge_race_condition"))
 
@@ -307,7 +302,7 @@ class IdentityGraph:
             if source_refusal is not None:
                 call = replace(call, source_id=None)
         prepared = _Prepared(index, call, source_refusal)
-        cached = self._cached(call)
+        cached = self._settled.person_of(call)
         if cached is not None:
             return prepared.final("already_linked", cached)
         return prepared
@@ -366,7 +361,8 @@ class IdentityGraph:
     ) -> dict[str, Any]:
         """The outcome of a decision carried out: remembered when settled, and recorded through
         the log's batch when it wrote nothing (a write recorded it in its own transaction)."""
-        self._remember(prepared.call, decision, person_id)
+        if person_id is not None and decision.outcome != "refused":
+            self._settled.remember(prepared.call, person_id)
         outcome = prepared.final(decision.outcome, person_id, decision.reason)
         return outcome if decision.writes else _unwritten(log, outcome)
 
@@ -533,37 +529,6 @@ class IdentityGraph:
             return getattr(self._db, operation)(**arguments)
         except (ClientError, BotoCoreError) as exc:
             raise StorageUnavailable(f"DynamoDB {operation} failed: {type(exc).__name__}") from exc
-
-    # --- the warm cache -----------------------------------------------------------------------
-
-    def _cached(self, call: IdentityCall) -> str | None:
-        """The person of a call whose link is already settled in an identified person."""
-        now = self._clock()
-        user = self._settled.get(call.user_id)
-        if user is None or user[1] <= now:
-            return None
-        if call.source_id is not None:
-            source = self._settled.get(call.source_id)
-            if source is None or source[1] <= now or source[0] != user[0]:
-                return None
-        return user[0]
-
-    def _forget(self, person_id: str) -> None:
-        """A person this Lambda merged away: its cached ids now belong to the target."""
-        for distinct_id in [d for d, (p, _) in self._settled.items() if p == person_id]:
-            del self._settled[distinct_id]
-
-    def _remember(self, call: IdentityCall, decision: Decision, person_id: str | None) -> None:
-        """Cache what can never become false: ids sharing a person (every person is identified,
-        so only a forced merge can change which person that is)."""
-        if person_id is None or decision.outcome == "refused":
-            return
-        if len(self._settled) >= _WARM_CACHE_LIMIT:
-            self._settled.clear()
-        expiry = self._clock() + self._cache_seconds
-        for distinct_id in (call.user_id, call.source_id):
-            if distinct_id is not None:
-                self._settled[distinct_id] = (person_id, expiry)
 
 
 def _records(

@@ -34,6 +34,10 @@ def create_table(dynamodb: Any, name: str, template: dict[str, Any] | None = Non
     }
     if "GlobalSecondaryIndexes" in props:
         args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    if "StreamSpecification" in props:
+        # CloudFormation says StreamViewType; the API also wants StreamEnabled.
+        stream = props["StreamSpecification"]
+        args["StreamSpecification"] = {"StreamEnabled": True, **stream}
     dynamodb.create_table(**args)
     ttl = props.get("TimeToLiveSpecification")
     if ttl:

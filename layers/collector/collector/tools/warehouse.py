@@ -76,10 +76,12 @@ def connect(data: LocalData) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the base tables read from `data` and every view defined."""
     db = duckdb.connect()
     _create_events(db, data)
-    db.execute("CREATE TABLE identities (distinct_id VARCHAR, person_id VARCHAR, sequence VARCHAR)")
+    columns = ", ".join(f"{name} {kind}" for name, _, kind in glue_columns("IdentitiesTable"))
+    db.execute(f"CREATE TABLE identities ({columns})")
     mapping = list(_mapping(data))
     if mapping:
-        db.executemany("INSERT INTO identities VALUES (?, ?, '0')", mapping)
+        # The graph as it is now: one row per id, as if each had changed once.
+        db.executemany("INSERT INTO identities VALUES (?, ?, '0', NULL, NULL, NULL)", mapping)
     for name in VIEWS:
         db.execute(f"CREATE VIEW {name} AS {view_sql(name, 'duckdb')}")
     return db
