@@ -1,13 +1,13 @@
 """A plain in-memory reference model of the identity rules (issue 3, docs/identity.md).
 
 Written from the rules in words, not from `collector.identity.decide`; only
-`collector.identity.refusal_reason` (which ids may take part in identity at all) is shared.
+`collector.identity.refusal` (which ids may take part in identity at all) is shared.
 
 Outcome strings returned by `IdentityModel.apply`:
   created | attached | merged | already_linked                  the call's own outcome
   refused:already_identified | refused:too_many_ids             a refused link
-  refused:illegal_user                                          the userId itself is refused
-  refused:illegal_source     the other id is refused; the call acted as if it were absent
+  refused:illegal_user_id                                          the userId itself is refused
+  refused:illegal_source_id     the other id is refused; the call acted as if it were absent
   none                                                          track/page/screen/group
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from collector.identity import BLOCKED_ANY_CASE, DEFAULT_MAX_IDS_PER_PERSON, refusal_reason
+from collector.identity import BLOCKED_ANY_CASE, DEFAULT_MAX_IDS_PER_PERSON, refusal
 
 
 @dataclass
@@ -59,12 +59,12 @@ class IdentityModel:
         if kind not in ("identify", "alias"):
             return "none"
         assert user_id is not None
-        if refusal_reason(user_id, self.blocked) is not None:
-            return "refused:illegal_user"
-        if other_id is not None and refusal_reason(other_id, self.blocked) is not None:
+        if refusal(user_id, self.blocked) is not None:
+            return "refused:illegal_user_id"
+        if other_id is not None and refusal(other_id, self.blocked) is not None:
             # Acts as if the other id were absent; the call still reports the refusal.
             self._act(kind, user_id, None, force)
-            return "refused:illegal_source"
+            return "refused:illegal_source_id"
         return self._act(kind, user_id, other_id, force)
 
     def _act(self, kind: str, user: str, other: str | None, force: bool) -> str:

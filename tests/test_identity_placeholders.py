@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from collector.identity import IdentityCall, refusal_reason
+from collector.identity import IdentityCall, Refusal, refusal
 from collector.identity_store import IdentityGraph
 
 from .conftest import Aws
@@ -96,15 +96,14 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("distinct_id", LOOK_ALIKES, ids=ascii)
 def test_a_look_alike_placeholder_is_refused(distinct_id: str) -> None:
-    reason = refusal_reason(distinct_id)
+    reason = refusal(distinct_id)
     assert reason is not None
-    assert reason.startswith("illegal_id: ")
-    assert reason.endswith("is a placeholder, not an id")
+    assert reason.detail.endswith("is a placeholder, not an id")
 
 
 @pytest.mark.parametrize("distinct_id", ACCEPTED, ids=lambda i: ascii(i)[:40])
 def test_a_legitimate_id_is_accepted(distinct_id: str) -> None:
-    assert refusal_reason(distinct_id) is None
+    assert refusal(distinct_id) is None
 
 
 def test_the_fullwidth_helper_makes_fullwidth_forms() -> None:
@@ -113,14 +112,14 @@ def test_the_fullwidth_helper_makes_fullwidth_forms() -> None:
 
 
 def test_the_reason_names_the_placeholder_as_seen() -> None:
-    assert refusal_reason(fullwidth("null")) == "illegal_id: 'null' is a placeholder, not an id"
-    assert refusal_reason('"\\"nil\\""') == "illegal_id: 'nil' is a placeholder, not an id"
-    assert refusal_reason("nu\u200bll") == "illegal_id: 'null' is a placeholder, not an id"
+    assert refusal(fullwidth("null")) == Refusal("'null' is a placeholder, not an id")
+    assert refusal('"\\"nil\\""') == Refusal("'nil' is a placeholder, not an id")
+    assert refusal("nu\u200bll") == Refusal("'null' is a placeholder, not an id")
 
 
 def test_only_quotes_and_invisible_characters_are_blank() -> None:
     for blank in ('""', "''", '"\\"\\""', "\u200b", " \u200b\u200d ", "'\u2060'", '" "'):
-        assert refusal_reason(blank) == "illegal_id: blank", ascii(blank)
+        assert refusal(blank) == Refusal("blank"), ascii(blank)
 
 
 # --- what DynamoDB can key ---------------------------------------------------------------------
@@ -129,14 +128,12 @@ def test_only_quotes_and_invisible_characters_are_blank() -> None:
 def test_an_id_past_dynamodbs_key_size_is_refused() -> None:
     # 342 CJK characters: within the 400-character limit, but 1,026 bytes of UTF-8, and the id
     # is keyed as the sort key "ID#<id>" (at most 1,024 bytes).
-    assert refusal_reason("用" * 342) == (
-        "illegal_id: 1026 bytes of UTF-8; DynamoDB keys at most 1021"
-    )
-    reason = refusal_reason("用" * 340 + "ab")  # 1,022 bytes: one past
-    assert reason is not None and "bytes of UTF-8" in reason
-    assert refusal_reason("用" * 340) is None  # 1,020 bytes
-    assert refusal_reason("😀" * 256) is not None  # 1,024 bytes in 256 characters
-    assert refusal_reason("😀" * 255) is None  # 1,020 bytes
+    assert refusal("用" * 342) == Refusal("1026 bytes of UTF-8; DynamoDB keys at most 1021")
+    reason = refusal("用" * 340 + "ab")  # 1,022 bytes: one past
+    assert reason is not None and "bytes of UTF-8" in reason.detail
+    assert refusal("用" * 340) is None  # 1,020 bytes
+    assert refusal("😀" * 256) is not None  # 1,024 bytes in 256 characters
+    assert refusal("😀" * 255) is None  # 1,020 bytes
 
 
 def test_the_largest_accepted_id_is_stored_and_one_byte_more_never_reaches_dynamodb(
@@ -156,10 +153,11 @@ def test_the_largest_accepted_id_is_stored_and_one_byte_more_never_reaches_dynam
     refused = graph.apply(IdentityCall("identify", too_large, "anon-2"))
     assert refused["outcome"] == "refused"
     assert refused["personId"] is None
-    assert "bytes of UTF-8" in refused["reason"]
+    assert refused["reason"] == "illegal_user_id"
+    assert "bytes of UTF-8" in refused["detail"]
     assert made == []
     linked = graph.apply(IdentityCall("identify", "user-2", too_large))
-    assert (linked["outcome"], linked["reason"][:21]) == ("refused", "sourceId illegal_id: ")
+    assert (linked["outcome"], linked["reason"]) == ("refused", "illegal_source_id")
     assert graph.view(too_large) is None
 
 
@@ -174,6 +172,7 @@ def test_ids_with_inner_quotes_are_stored_as_sent_and_quoted_placeholders_never_
     for placeholder in (json.dumps(json.dumps(json.dumps("null"))), "\u201cnull\u201d", "`null`"):
         refused = graph.apply(IdentityCall("identify", "o'brien", placeholder))
         assert refused["outcome"] == "refused"
-        assert refused["reason"] == "sourceId illegal_id: 'null' is a placeholder, not an id"
+        assert refused["reason"] == "illegal_source_id"
+        assert refused["detail"] == "'null' is a placeholder, not an id"
         assert graph.view(placeholder) is None
     assert graph.view("o'brien") == view

@@ -138,16 +138,8 @@ def outcome_key(record: dict[str, Any] | None) -> str:
     """The graph's outcome record in the model's vocabulary."""
     if record is None:
         return "none"
-    outcome, reason = record["outcome"], record.get("reason", "")
-    if outcome != "refused":
-        return str(outcome)
-    if reason in ("already_identified", "too_many_ids"):
-        return f"refused:{reason}"
-    if reason.startswith("userId "):
-        return "refused:illegal_user"
-    if reason.startswith("sourceId "):
-        return "refused:illegal_source"
-    return f"refused:{reason}"
+    outcome = record["outcome"]
+    return f"refused:{record.get('reason', '')}" if outcome == "refused" else str(outcome)
 
 
 def message(kind: str, user_id: str, other_id: str | None, force: bool) -> dict[str, Any]:
@@ -247,7 +239,7 @@ def run(
         state = read_graph(dynamodb, table)
         assert state.partition() == model.partition(), f"step {number}: partition differs"
         assert state.identified() == model.identified(), f"step {number}: identified differs"
-        if record is not None and expected != "refused:illegal_user":
+        if record is not None and expected != "refused:illegal_user_id":
             assert record["personId"] == state.person_of[user], (
                 f"step {number}: outcome names person {record['personId']}, "
                 f"but {user!r} is in {state.person_of[user]}"

@@ -13,10 +13,11 @@ from collector.identity import (
     MAX_ID_LENGTH,
     Decision,
     IdentityCall,
-    Outcome,
+    OutcomeCode,
     Person,
+    Refusal,
     decide,
-    refusal_reason,
+    refusal,
 )
 
 pytestmark = pytest.mark.engines
@@ -57,10 +58,9 @@ PLACEHOLDERS = sorted({spelling for value in POSTHOG_ILLEGAL for spelling in var
 
 @pytest.mark.parametrize("distinct_id", PLACEHOLDERS)
 def test_placeholder_ids_are_refused_in_any_case_trimmed_and_quoted(distinct_id: str) -> None:
-    reason = refusal_reason(distinct_id)
+    reason = refusal(distinct_id)
     assert reason is not None
-    assert reason.startswith("illegal_id:")
-    assert "placeholder" in reason
+    assert "placeholder" in reason.detail
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_placeholder_ids_are_refused_in_any_case_trimmed_and_quoted(distinct_id:
     ["", " ", "    ", "\u00a0", "\u3000", "''", '""', "' '", '"   "', "  ''  "],
 )
 def test_blank_ids_are_refused(distinct_id: str) -> None:
-    assert refusal_reason(distinct_id) == "illegal_id: blank"
+    assert refusal(distinct_id) == Refusal("blank")
 
 
 @pytest.mark.parametrize(
@@ -76,20 +76,20 @@ def test_blank_ids_are_refused(distinct_id: str) -> None:
     ["0", "00", "000", "0-0", "-", "--", "0000-0000-0000", "-0-", " 000 ", "'0-0'", '"-"'],
 )
 def test_zeros_and_dashes_are_refused(distinct_id: str) -> None:
-    reason = refusal_reason(distinct_id)
-    assert reason is not None and "placeholder" in reason
+    reason = refusal(distinct_id)
+    assert reason is not None and "placeholder" in reason.detail
 
 
 @pytest.mark.parametrize("distinct_id", ["-1", " -1 ", "'-1'", '"-1"'])
 def test_minus_one_is_refused(distinct_id: str) -> None:
-    reason = refusal_reason(distinct_id)
-    assert reason is not None and "placeholder" in reason
+    reason = refusal(distinct_id)
+    assert reason is not None and "placeholder" in reason.detail
 
 
 @pytest.mark.parametrize("length", [MAX_ID_LENGTH + 1, MAX_ID_LENGTH + 2, 10_000])
 def test_ids_over_400_characters_are_refused(length: int) -> None:
     assert MAX_ID_LENGTH == 400
-    assert refusal_reason("u" * length) == "illegal_id: longer than 400 characters"
+    assert refusal("u" * length) == Refusal("longer than 400 characters")
 
 
 @pytest.mark.parametrize(
@@ -109,12 +109,12 @@ def test_ids_over_400_characters_are_refused(length: int) -> None:
     ],
 )
 def test_ids_with_control_characters_are_refused(distinct_id: str) -> None:
-    assert refusal_reason(distinct_id) == "illegal_id: contains control characters"
+    assert refusal(distinct_id) == Refusal("contains control characters")
 
 
 @pytest.mark.parametrize("distinct_id", ["user\x85", "a\x9bb", "\x80"])
 def test_c1_control_characters_are_refused(distinct_id: str) -> None:
-    assert refusal_reason(distinct_id) == "illegal_id: contains control characters"
+    assert refusal(distinct_id) == Refusal("contains control characters")
 
 
 @pytest.mark.parametrize(
@@ -144,28 +144,28 @@ def test_c1_control_characters_are_refused(distinct_id: str) -> None:
     ],
 )
 def test_legal_ids_that_look_close_are_accepted(distinct_id: str) -> None:
-    assert refusal_reason(distinct_id) is None
+    assert refusal(distinct_id) is None
 
 
 def test_an_extra_blocked_list_refuses_more_and_keeps_the_built_in_one() -> None:
     blocked = BLOCKED_ANY_CASE | {"test-user", "qa@example.com"}
     for distinct_id in ("test-user", " Test-User ", "'TEST-USER'", '"qa@example.com"'):
-        reason = refusal_reason(distinct_id, blocked)
-        assert reason is not None and "placeholder" in reason, distinct_id
-    assert refusal_reason("null", blocked) is not None
-    assert refusal_reason("test-user-2", blocked) is None
+        reason = refusal(distinct_id, blocked)
+        assert reason is not None and "placeholder" in reason.detail, distinct_id
+    assert refusal("null", blocked) is not None
+    assert refusal("test-user-2", blocked) is None
     # Without the extra list those ids are fine.
-    assert refusal_reason("test-user") is None
-    assert refusal_reason("qa@example.com") is None
+    assert refusal("test-user") is None
+    assert refusal("qa@example.com") is None
 
 
 def test_the_blocked_list_is_what_the_caller_passes() -> None:
     only = frozenset({"shared-laptop"})
-    assert refusal_reason("Shared-Laptop", only) is not None
+    assert refusal("Shared-Laptop", only) is not None
     # Structural refusals do not depend on the list.
-    assert refusal_reason("", only) == "illegal_id: blank"
-    assert refusal_reason("000", only) is not None
-    assert refusal_reason("x" * 401, only) is not None
+    assert refusal("", only) == Refusal("blank")
+    assert refusal("000", only) is not None
+    assert refusal("x" * 401, only) is not None
 
 
 # --- decide ------------------------------------------------------------------------------------
@@ -333,9 +333,15 @@ def test_decide(
 
 
 def test_every_outcome_is_reached_by_the_table() -> None:
-    assert set(get_args(Outcome)) == {"created", "attached", "merged", "already_linked", "refused"}
+    assert set(get_args(OutcomeCode)) == {
+        "created",
+        "attached",
+        "merged",
+        "already_linked",
+        "refused",
+    }
     outcomes = {case[-1].outcome for case in CASES}
-    assert outcomes == set(get_args(Outcome))
+    assert outcomes == set(get_args(OutcomeCode))
     reasons = {case[-1].reason for case in CASES if case[-1].outcome == "refused"}
     assert reasons == {"already_identified", "too_many_ids"}
 

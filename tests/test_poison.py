@@ -119,7 +119,8 @@ def test_a_user_id_dynamodb_cannot_key_is_refused_for_identity_and_stored(
     assert len(stored) == 3
     outcome = stored["big"]["collector"]["identity"]
     assert outcome["outcome"] == "refused"
-    assert "1026 bytes of UTF-8" in outcome["reason"]
+    assert outcome["reason"] == "illegal_user_id"
+    assert "1026 bytes of UTF-8" in outcome["detail"]
 
 
 def test_a_text_body_with_a_lone_surrogate_is_a_rejection_not_a_500(aws: Aws, write_key: str):

@@ -313,7 +313,9 @@ def test_collector_struct_covers_provenance_and_every_identity_outcome_field(
             assert set(identity) <= set(structure["identity"]), identity
     # The edge cases produced every field the outcome record can have.
     assert (
-        seen_identity == set(structure["identity"]) == {"outcome", "personId", "reason", "forced"}
+        seen_identity
+        == set(structure["identity"])
+        == {"outcome", "personId", "reason", "detail", "forced"}
     )
     assert structure["identity"]["forced"] == "boolean"
 

@@ -32,23 +32,32 @@ _QUOTES = frozenset("'\"`\u2018\u2019\u201c\u201d\u00ab\u00bb")
 _ESCAPED_QUOTE = re.compile(r"\\+(?=[\"'])")
 DEFAULT_MAX_IDS_PER_PERSON = 1000
 
-Outcome = Literal["created", "attached", "merged", "already_linked", "refused"]
+OutcomeCode = Literal["created", "attached", "merged", "already_linked", "refused"]
 
 
-def refusal_reason(distinct_id: str, blocked: frozenset[str] = BLOCKED_ANY_CASE) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an id may not take part in identity. The outcome stores the stable code
+    (illegal_user_id, illegal_source_id) apart from `detail`, which may quote the id and so
+    never reaches a log line or a metric."""
+
+    detail: str
+
+
+def refusal(distinct_id: str, blocked: frozenset[str] = BLOCKED_ANY_CASE) -> Refusal | None:
     """Why `distinct_id` may not take part in identity, or None if it may."""
     if len(distinct_id) > MAX_ID_LENGTH:
-        return "illegal_id: longer than 400 characters"
+        return Refusal("longer than 400 characters")
     size = len(distinct_id.encode("utf-8", "surrogatepass"))
     if size > MAX_ID_BYTES:
-        return f"illegal_id: {size} bytes of UTF-8; DynamoDB keys at most {MAX_ID_BYTES}"
+        return Refusal(f"{size} bytes of UTF-8; DynamoDB keys at most {MAX_ID_BYTES}")
     if _CONTROL.search(distinct_id):
-        return "illegal_id: contains control characters"
+        return Refusal("contains control characters")
     seen = as_people_see_it(distinct_id)
     if not seen:
-        return "illegal_id: blank"
+        return Refusal("blank")
     if seen.casefold() in blocked or _ZEROS_AND_DASHES.fullmatch(seen):
-        return f"illegal_id: {seen[:40]!r} is a placeholder, not an id"
+        return Refusal(f"{seen[:40]!r} is a placeholder, not an id")
     return None
 
 
@@ -102,7 +111,7 @@ class Decision:
     `merge` moves every id of `source` into `target`. Every person written is identified.
     """
 
-    outcome: Outcome
+    outcome: OutcomeCode
     reason: str | None = None
     create: tuple[str, ...] = ()
     attach: tuple[str, ...] = ()

@@ -28,9 +28,11 @@ from .identity import (
     DEFAULT_MAX_IDS_PER_PERSON,
     Decision,
     IdentityCall,
+    OutcomeCode,
     Person,
+    Refusal,
     decide,
-    refusal_reason,
+    refusal,
 )
 from .identity_cache import SettledLinks
 
@@ -79,14 +81,16 @@ class _Prepared:
 
     index: int
     call: IdentityCall
-    source_refusal: str | None
+    source_refusal: Refusal | None
 
     def final(
-        self, outcome: str, person_id: str | None, reason: str | None = None
+        self, outcome: OutcomeCode, person_id: str | None, reason: str | None = None
     ) -> dict[str, Any]:
         if self.source_refusal is not None:
-            return _outcome(self.call, "refused", person_id, f"sourceId {self.source_refusal}")
-        return _outcome(self.call, outcome, person_id, reason)
+            return Outcome(
+                "refused", person_id, "illegal_source_id", self.source_refusal.detail
+            ).record(self.call)
+        return Outcome(outcome, person_id, reason).record(self.call)
 
 
 @dataclass(slots=True)
@@ -217,7 +221,8 @@ class IdentityGraph:
             if decision.merge and source is not None:
                 self._settled.forget(source.id)
             return self._conclude(prepared, decision, person_id, log)
-        return _unwritten(log, _outcome(call, "refused", None, "merge_race_condition"))
+        refused = Outcome("refused", None, "merge_race_condition").record(call)
+        return _unwritten(log, refused)
 
     def resolve_batch(
         self,
@@ -291,14 +296,14 @@ class IdentityGraph:
     def _prepare(self, call: IdentityCall, index: int = 0) -> _Prepared | dict[str, Any]:
         """A call ready to decide, or the outcome it has without reading the graph: its userId
         refused, or a link the warm cache knows is settled."""
-        user_refusal = refusal_reason(call.user_id, self._blocked)
+        user_refusal = refusal(call.user_id, self._blocked)
         if user_refusal is not None:
-            return _outcome(call, "refused", None, f"userId {user_refusal}")
+            return Outcome("refused", None, "illegal_user_id", user_refusal.detail).record(call)
         if call.source_id == call.user_id:
             call = replace(call, source_id=None)  # linking an id to itself asks for nothing more
         source_refusal = None
         if call.source_id is not None:
-            source_refusal = refusal_reason(call.source_id, self._blocked)
+            source_refusal = refusal(call.source_id, self._blocked)
             if source_refusal is not None:
                 call = replace(call, source_id=None)
         prepared = _Prepared(index, call, source_refusal)
@@ -550,16 +555,27 @@ def _unwritten(log: DecisionLog | None, outcome: dict[str, Any]) -> dict[str, An
     return outcome
 
 
-def _outcome(
-    call: IdentityCall, outcome: str, person_id: str | None, reason: str | None = None
-) -> dict[str, Any]:
-    """The record stored with the event: enough to rebuild the graph from S3 alone."""
-    record: dict[str, Any] = {"outcome": outcome, "personId": person_id}
-    if reason is not None:
-        record["reason"] = reason
-    if call.force:
-        record["forced"] = True
-    return record
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an identify or alias did: `outcome` and `reason` are stable codes (already_identified,
+    too_many_ids, illegal_user_id, illegal_source_id, ...), safe to log and count; `detail`
+    says more for people and may quote an id, so it is only ever stored with the event."""
+
+    outcome: OutcomeCode
+    person_id: str | None
+    reason: str | None = None
+    detail: str | None = None
+
+    def record(self, call: IdentityCall) -> dict[str, Any]:
+        """As stored with the event: enough to rebuild the graph from S3 alone."""
+        record: dict[str, Any] = {"outcome": self.outcome, "personId": self.person_id}
+        if self.reason is not None:
+            record["reason"] = self.reason
+        if self.detail is not None:
+            record["detail"] = self.detail
+        if call.force:
+            record["forced"] = True
+        return record
 
 
 def _finish_first(header: dict[str, Any]) -> tuple[str, str] | None:
