@@ -5,7 +5,7 @@ the same in headless Chromium, with a screenshot kept as a test artifact."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import requests
 from playwright.sync_api import Browser, expect
 from segment.analytics import Client as SegmentClient
 
-from tests.devserver import DevServer, StartDevServer
+from tests.devserver import DevServer, DevServers
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "debugger.png"
@@ -74,11 +74,15 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def visited(start_dev_server: StartDevServer) -> DevServer:
-    server = start_dev_server()
+@pytest.fixture(scope="module")
+def visited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """One dev server with the journey stored; the tests below only read, but the browser
+    test, which sends one event more, runs last."""
+    servers = DevServers(tmp_path_factory.mktemp("debugger"))
+    server = servers.start()
     journey(server)
-    return server
+    yield server
+    servers.close()
 
 
 def test_events_show_newest_first_with_identity_decisions(visited: DevServer) -> None:

@@ -153,7 +153,7 @@ def assert_each_stored_once(server: DevServer, run: LoadRun) -> None:
 def test_eight_clients_at_once_each_message_stored_once(
     start_dev_server: StartDevServer,
 ) -> None:
-    server = start_dev_server()
+    server = start_dev_server(DEV_INSTANCES="4")
     run, _, _ = load(server, 2_000)
     assert_each_stored_once(server, run)
     assert set(run.statuses) == {200}, run.statuses
@@ -162,7 +162,7 @@ def test_eight_clients_at_once_each_message_stored_once(
 
 @pytest.mark.slow
 def test_dev_server_holds_twenty_thousand_messages(start_dev_server: StartDevServer) -> None:
-    server = start_dev_server()
+    server = start_dev_server(DEV_INSTANCES="4")  # make dev's default
     run, seconds, peak = load(server, 20_000)
     rate = len(run.sent) / seconds
     p50 = statistics.median(run.latencies)

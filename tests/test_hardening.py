@@ -345,7 +345,8 @@ def test_reserved_concurrency_parameter_is_wired(
     assert (parameter["Type"], parameter["Default"], parameter["MinValue"]) == ("Number", 0, 0)
     declarations = [properties(raw, FUNCTION)]
     if maybe_transformed is not None:
-        declarations += of_type(maybe_transformed, "AWS::Lambda::Function").values()
+        # The ingest function's; the export's concurrency is one per stream shard already.
+        declarations.append(of_type(maybe_transformed, "AWS::Lambda::Function")[FUNCTION])
     for declared in declarations:
         result = evaluate(
             declared["ReservedConcurrentExecutions"],
