@@ -32,11 +32,15 @@ pytestmark = pytest.mark.bench
 
 MESSAGES = 500
 MAX_RATIO = 1.8
-MAX_MICROSECONDS = 20.0  # CPU per message, the ledger's work included
-# The messageId ledger's own work per message (its DynamoDB requests built, the plan made);
-# botocore's serialisation of those requests is AWS-call CPU, like the S3 PUT's, measured in
-# tests/measure_cost.py.
-MAX_LEDGER_MICROSECONDS = 2.5
+# Every bound is against the floor of the same run, so a slower or busier machine (seen here:
+# the same floor at 4.1 ms and at 6.5 ms an hour apart) moves the bound with the work. On the
+# development machine's 8.2 µs-a-message floor these are 20 µs a message with the ledger, and
+# 2.5 µs for the ledger's own work.
+MAX_RATIO_WITH_LEDGER = 2.4
+# The messageId ledger's own work (its DynamoDB requests built, the plan made), as a share of
+# the floor; botocore's serialisation of those requests is AWS-call CPU, like the S3 PUT's,
+# measured in tests/measure_cost.py.
+MAX_LEDGER_SHARE = 0.3
 ROUNDS = 60
 ATTEMPTS = 5
 
@@ -125,12 +129,27 @@ class Measurement:
         return self.pipeline_seconds / self.floor_seconds
 
     @property
+    def ratio_with_ledger(self) -> float:
+        return self.with_ledger_seconds / self.floor_seconds
+
+    @property
+    def ledger_share(self) -> float:
+        return (self.with_ledger_seconds - self.pipeline_seconds) / self.floor_seconds
+
+    @property
     def microseconds_per_message(self) -> float:
         return self.with_ledger_seconds / MESSAGES * 1e6
 
     @property
     def ledger_microseconds_per_message(self) -> float:
         return (self.with_ledger_seconds - self.pipeline_seconds) / MESSAGES * 1e6
+
+    def within_budget(self) -> bool:
+        return (
+            self.ratio <= MAX_RATIO
+            and self.ratio_with_ledger <= MAX_RATIO_WITH_LEDGER
+            and self.ledger_share <= MAX_LEDGER_SHARE
+        )
 
 
 def measure() -> Measurement:
@@ -204,24 +223,21 @@ def test_batch_pipeline_stays_within_budget() -> None:
             f"\nbatch {result.batch_bytes} B, {MESSAGES} messages: "
             f"floor {result.floor_seconds * 1e3:.2f} ms, "
             f"pipeline {result.pipeline_seconds * 1e3:.2f} ms, ratio {result.ratio:.2f}; "
-            f"with the ledger {result.with_ledger_seconds * 1e3:.2f} ms, "
-            f"{result.microseconds_per_message:.1f} us/message CPU "
-            f"(ledger {result.ledger_microseconds_per_message:.2f} us/message)"
+            f"with the ledger {result.with_ledger_seconds * 1e3:.2f} ms, ratio "
+            f"{result.ratio_with_ledger:.2f}, {result.microseconds_per_message:.1f} us/message "
+            f"CPU (ledger {result.ledger_microseconds_per_message:.2f} us/message, "
+            f"{result.ledger_share:.2f} of the floor)"
         )
         assert 250_000 < result.batch_bytes < 350_000
         assert result.source_lookups == 1, "a cached source needs no DynamoDB call"
         assert result.puts == ["events"] * 2 * ROUNDS, "one PUT per request"
         # 500 new messages: five claims of 100 items (DynamoDB's limit), no read.
         assert result.ledger_calls == {"TransactWriteItems": 5 * ROUNDS}
-        if (
-            result.ratio <= MAX_RATIO
-            and result.microseconds_per_message <= MAX_MICROSECONDS
-            and result.ledger_microseconds_per_message <= MAX_LEDGER_MICROSECONDS
-        ):
+        if result.within_budget():
             break
     assert result.ratio <= MAX_RATIO
-    assert result.microseconds_per_message <= MAX_MICROSECONDS
-    assert result.ledger_microseconds_per_message <= MAX_LEDGER_MICROSECONDS
+    assert result.ratio_with_ledger <= MAX_RATIO_WITH_LEDGER
+    assert result.ledger_share <= MAX_LEDGER_SHARE
 
 
 if __name__ == "__main__":
