@@ -20,6 +20,8 @@ import orjson
 import pytest
 import requests
 
+from collector.tools.instances import bucket_dir
+
 REPO = Path(__file__).resolve().parents[1]
 BANNER_END = "Ctrl-C stops."
 START_TIMEOUT = 30.0
@@ -83,7 +85,7 @@ class DevServer:
 
     @property
     def bucket_dir(self) -> Path:
-        return self.data_dir / "s3" / self.bucket
+        return bucket_dir(self.data_dir, self.bucket)
 
     def send(self, call: str, message: dict[str, Any]) -> requests.Response:
         """One message POSTed to /v1/<call> with the dev write key, as curl would."""

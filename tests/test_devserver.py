@@ -15,7 +15,7 @@ from segment.analytics import Client as SegmentClient
 
 from collector.auth import hash_write_key
 from collector.sources import SourceRegistry
-from collector.tools.local_dynamodb import LocalDynamoDB
+from collector.tools.instances import engines
 from tests.devserver import DEV_KEY, DevServer, StartDevServer, port_is_free
 
 STOP_WITHIN_SECONDS = 2.0
@@ -145,7 +145,7 @@ def test_dev_server_honours_bucket_and_table_overrides(
     assert "collector-events-local" not in banner
     send_track(server, "Overridden")
     assert [event["event"] for event in server.stored()] == ["Overridden"]
-    dynamodb = LocalDynamoDB(server.data_dir / "dynamodb.sqlite3")
+    dynamodb = engines(server.data_dir)["dynamodb"]
     assert dynamodb.list_tables()["TableNames"] == [table]
     # The dev source's key is registered in the named table, hashed.
     source = SourceRegistry(dynamodb, table).lookup(hash_write_key(DEV_KEY))

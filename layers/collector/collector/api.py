@@ -21,10 +21,9 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 
 from .auth import SourceCache
-from .config import Settings
+from .config import AWS_CLIENT_CONFIG, Settings
 from .errors import RequestRefused, StorageUnavailable
 from .identity import BLOCKED_ANY_CASE
 from .identity_store import IdentityGraph
@@ -76,10 +75,6 @@ app = APIGatewayRestResolver(
         allow_credentials=True,
     )
 )
-# Short timeouts and few attempts: the client retries on our 503, with its own backoff.
-_AWS_CONFIG = Config(
-    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}
-)
 
 
 @cache
@@ -96,7 +91,7 @@ def aws_client(service: str) -> Any:
     """One client per service for the warm Lambda's life (each costs tens of ms to create)."""
     if service in _stand_ins:
         return _stand_ins[service]
-    return boto3.session.Session().client(service, config=_AWS_CONFIG)
+    return boto3.session.Session().client(service, config=AWS_CLIENT_CONFIG)
 
 
 def use_clients(clients: dict[str, Any]) -> None:

@@ -8,9 +8,18 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from functools import cache
 
+from botocore.config import Config
+
 # An origin as browsers send it: scheme://host[:port], no path, no wildcard. "null" (what
 # sandboxed frames and file:// pages send) is not one: allowing it would allow all of them.
 ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#,\s*]+")
+
+
+# Both functions' AWS clients: short timeouts and few attempts, so a function answers (or
+# fails, and is retried) well within its own timeout; the caller retries with its own backoff.
+AWS_CLIENT_CONFIG = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,20 +11,17 @@ from typing import Any
 import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 
+from .config import AWS_CLIENT_CONFIG
 from .identity_export import export
 from .storage import EventStore
 
 logger = Logger()
-_AWS_CONFIG = Config(
-    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3}
-)
 
 
 @cache
 def store() -> EventStore:
-    s3 = boto3.session.Session().client("s3", config=_AWS_CONFIG)
+    s3 = boto3.session.Session().client("s3", config=AWS_CLIENT_CONFIG)
     return EventStore(s3, os.environ["EVENTS_BUCKET"])
 
 

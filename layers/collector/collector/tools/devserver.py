@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from collector.sources import SourceRegistry
 
     from .debugger import PAGE, Debugger
-    from .instances import InstanceFailed, LambdaInstances, engines
+    from .instances import InstanceFailed, LambdaInstances, bucket_dir, engines
     from .localapi import LocalApiGateway
     from .tls import server_context
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     except InstanceFailed as exc:
         raise SystemExit(f"devserver: a Lambda instance failed to start:\n{exc}") from None
     debugger = Debugger(
-        data_dir / "s3" / bucket,
+        bucket_dir(data_dir, bucket),
         IdentityGraph(local["dynamodb"], table),
         SourceRegistry(local["dynamodb"], table),
     )
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         f"write key  {write_key}\n"
         f"debugger   {server.url}{PAGE}  (live events, rejections, persons)\n"
         f"data       {data_dir}  (kept across restarts; `make dev-fresh` starts empty)\n"
-        f"events     {data_dir / 's3' / bucket}/events/dt=…/hour=…/*.json.gz\n"
+        f"events     {bucket_dir(data_dir, bucket)}/events/dt=…/hour=…/*.json.gz\n"
         f"instances  {count} Lambda processes  bucket {bucket}  table {table}\n"
         f"{trust}"
         "Ctrl-C stops.",

@@ -36,12 +36,21 @@ class InvocationError(RuntimeError):
     """The handler raised (Lambda's unhandled error); the remote traceback is the message."""
 
 
+# The data directory's layout: the buckets under s3/, the table in one SQLite file.
+S3_DIR, TABLE_FILE = "s3", "dynamodb.sqlite3"
+
+
 def engines(data_dir: Path) -> dict[str, Any]:
     """The embedded stand-ins for S3 and DynamoDB, by service name, keeping data in `data_dir`."""
     return {
-        "dynamodb": LocalDynamoDB(data_dir / "dynamodb.sqlite3"),
-        "s3": LocalS3(data_dir / "s3"),
+        "dynamodb": LocalDynamoDB(data_dir / TABLE_FILE),
+        "s3": LocalS3(data_dir / S3_DIR),
     }
+
+
+def bucket_dir(data_dir: Path, bucket: str) -> Path:
+    """Where the objects of `bucket` are, as files named by their keys."""
+    return data_dir / S3_DIR / bucket
 
 
 class _Instance:

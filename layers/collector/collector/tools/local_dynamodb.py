@@ -5,7 +5,8 @@ request and answer shapes, same conditional semantics, same error codes (ClientE
 ConditionalCheckFailedException, TransactionCanceledException and its CancellationReasons,
 ValidationException). Writes run in `BEGIN IMMEDIATE` transactions, so conditions hold across
 threads and across the dev server's Lambda processes; WAL lets reads go on beside a write.
-tests/test_engine_conformance.py runs the same checks against this and moto.
+The tests marked `engines` (the ledger's, the sources', the identity graph's and its races)
+run against this and against moto.
 """
 
 from __future__ import annotations
@@ -86,9 +87,8 @@ class LocalDynamoDB(EmbeddedClient):
         cutoff = time.time() if now is None else now
         removed = 0
         with self._write() as db:
-            for table, attribute in db.execute(
-                "SELECT name, ttl FROM tables WHERE ttl IS NOT NULL"
-            ):
+            tables = db.execute("SELECT name, ttl FROM tables WHERE ttl IS NOT NULL").fetchall()
+            for table, attribute in tables:
                 removed += db.execute(
                     "DELETE FROM items WHERE tbl = ? AND "
                     "CAST(json_extract(item, '$.' || ? || '.N') AS REAL) < ?",
@@ -104,25 +104,16 @@ class LocalDynamoDB(EmbeddedClient):
         return {} if item is None else {"Item": item}
 
     @operation("PutItem")
-    def put_item(self, TableName: str, Item: Item, **expression: Any) -> dict[str, Any]:
-        self._commit(
-            [_Operation.parse({"Put": {"TableName": TableName, "Item": Item, **expression}})]
-        )
-        return {}
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        return self._write_one("Put", request)
 
     @operation("UpdateItem")
-    def update_item(self, TableName: str, Key: Item, **expression: Any) -> dict[str, Any]:
-        self._commit(
-            [_Operation.parse({"Update": {"TableName": TableName, "Key": Key, **expression}})]
-        )
-        return {}
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        return self._write_one("Update", request)
 
     @operation("DeleteItem")
-    def delete_item(self, TableName: str, Key: Item, **expression: Any) -> dict[str, Any]:
-        self._commit(
-            [_Operation.parse({"Delete": {"TableName": TableName, "Key": Key, **expression}})]
-        )
-        return {}
+    def delete_item(self, **request: Any) -> dict[str, Any]:
+        return self._write_one("Delete", request)
 
     # --- many items -------------------------------------------------------------------------
 
@@ -205,10 +196,7 @@ class LocalDynamoDB(EmbeddedClient):
             "SELECT item FROM items WHERE tbl = ? AND (pk, sk) > (?, ?) ORDER BY pk, sk",
             (TableName, *start),
         )
-        everything: Condition = lambda item: True  # noqa: E731
-        return _page(
-            self._key_names(TableName), (orjson.loads(i) for (i,) in rows), everything, Limit
-        )
+        return _page(self._key_names(TableName), (orjson.loads(i) for (i,) in rows), None, Limit)
 
     def get_paginator(self, operation: str) -> Paginator:
         if operation not in ("query", "scan"):
@@ -235,6 +223,11 @@ class LocalDynamoDB(EmbeddedClient):
         db = self._connection()
         return _writing(db, self._local.queue)
 
+    def _write_one(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        """PutItem, UpdateItem or DeleteItem: a transaction of one, failing as they fail."""
+        self._commit([_Operation.parse({kind: request})])
+        return {}
+
     def _commit(self, operations: list[_Operation], transaction: bool = False) -> None:
         """Check every condition and apply every write, or none: one SQLite write transaction."""
         targets = [(op.table, *self._key(op.table, op.key)) for op in operations]
@@ -244,7 +237,7 @@ class LocalDynamoDB(EmbeddedClient):
                 "Transaction request cannot include multiple operations on one item",
             )
         with self._write() as db:
-            current = [self._get(db, op.table, op.key) for op in operations]
+            current = [self._row(db, target) for target in targets]
             failed = [not op.condition(item) for op, item in zip(operations, current, strict=True)]
             if any(failed):
                 if not transaction:
@@ -281,9 +274,12 @@ class LocalDynamoDB(EmbeddedClient):
         return _key_value(key[hash_name]), sort
 
     def _get(self, db: sqlite3.Connection, table: str, key: Item) -> Item | None:
+        return self._row(db, (table, *self._key(table, key)))
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, target: tuple[str, str, str]) -> Item | None:
         row = db.execute(
-            "SELECT item FROM items WHERE tbl = ? AND pk = ? AND sk = ?",
-            (table, *self._key(table, key)),
+            "SELECT item FROM items WHERE tbl = ? AND pk = ? AND sk = ?", target
         ).fetchone()
         return None if row is None else dict(orjson.loads(row[0]))
 
@@ -371,11 +367,11 @@ def _reading(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def _page(
-    keys: tuple[str, str | None], items: Iterator[Item], matches: Condition, limit: int
+    keys: tuple[str, str | None], items: Iterator[Item], matches: Condition | None, limit: int
 ) -> dict[str, Any]:
     found: list[Item] = []
     for item in items:
-        if matches(item):
+        if matches is None or matches(item):
             found.append(item)
         if len(found) == limit:
             hash_name, range_name = keys

@@ -93,12 +93,12 @@ class LocalS3(EmbeddedClient):
     def _head(self, Bucket: str, Key: str) -> dict[str, Any]:
         path = self._path(Bucket, Key)
         try:
-            size, modified = path.stat().st_size, path.stat().st_mtime
+            stat = path.stat()
         except FileNotFoundError:
             raise _error("404", "Not Found") from None
         return {
-            "ContentLength": size,
-            "LastModified": datetime.fromtimestamp(modified, UTC),
+            "ContentLength": stat.st_size,
+            "LastModified": datetime.fromtimestamp(stat.st_mtime, UTC),
             **self._read_headers(Bucket, Key),
         }
 

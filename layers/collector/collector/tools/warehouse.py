@@ -23,16 +23,12 @@ import sqlglot
 
 from collector.storage import EVENTS_PREFIX
 
-from .instances import engines
+from .devserver import DEFAULTS
+from .instances import TABLE_FILE, bucket_dir, engines
 from .resources import load_template
 
 # Dependencies first: each view reads the tables and the views before it.
 VIEWS = ("identity_map", "person_events", "persons", "profiles")
-DEV_DEFAULTS = {
-    "COLLECTOR_DATA_DIR": ".collector-data",
-    "EVENTS_BUCKET": "collector-events-local",
-    "IDENTITY_TABLE": "collector-identity-local",
-}
 _HIVE_TYPES = {
     "string": "VARCHAR",
     "int": "INTEGER",
@@ -54,13 +50,13 @@ class LocalData:
     @classmethod
     def from_env(cls) -> LocalData:
         def get(name: str) -> str:
-            return os.environ.get(name) or DEV_DEFAULTS[name]
+            return os.environ.get(name) or DEFAULTS[name]
 
         return cls(Path(get("COLLECTOR_DATA_DIR")), get("EVENTS_BUCKET"), get("IDENTITY_TABLE"))
 
     @property
     def events_dir(self) -> Path:
-        return self.data_dir / "s3" / self.bucket / EVENTS_PREFIX
+        return bucket_dir(self.data_dir, self.bucket) / EVENTS_PREFIX
 
 
 def view_sql(name: str, dialect: str = "trino") -> str:
@@ -104,8 +100,8 @@ def run(
 
 
 @cache
-def glue_columns(logical_id: str = "EventsTable") -> tuple[tuple[str, str, str], ...]:
-    """(column, JSON key, DuckDB type) of a Glue table of template.yaml, partitions last."""
+def glue_table(logical_id: str) -> tuple[tuple[str, str, str], ...]:
+    """(column, JSON key, Hive type) of a Glue table of template.yaml, partitions last."""
     table = load_template()["Resources"][logical_id]["Properties"]["TableInput"]
     storage = table["StorageDescriptor"]
     mapping = {
@@ -114,13 +110,14 @@ def glue_columns(logical_id: str = "EventsTable") -> tuple[tuple[str, str, str],
         if name.startswith("mapping.")
     }
     return tuple(
-        (
-            str(column["Name"]),
-            mapping.get(column["Name"], column["Name"]),
-            duckdb_type(column["Type"]),
-        )
+        (str(column["Name"]), str(mapping.get(column["Name"], column["Name"])), str(column["Type"]))
         for column in [*storage["Columns"], *table.get("PartitionKeys", [])]
     )
+
+
+def glue_columns(logical_id: str = "EventsTable") -> list[tuple[str, str, str]]:
+    """(column, JSON key, DuckDB type) of a Glue table of template.yaml, partitions last."""
+    return [(name, key, duckdb_type(hive)) for name, key, hive in glue_table(logical_id)]
 
 
 def duckdb_type(hive: str) -> str:
@@ -173,7 +170,7 @@ def _create_events(db: duckdb.DuckDBPyConnection, data: LocalData) -> None:
 
 def _mapping(data: LocalData) -> Iterable[tuple[str, str]]:
     """(distinct id, person id) for every id in the dev server's identity graph."""
-    if not (data.data_dir / "dynamodb.sqlite3").exists():
+    if not (data.data_dir / TABLE_FILE).exists():
         return
     dynamodb = engines(data.data_dir)["dynamodb"]
     for page in dynamodb.get_paginator("scan").paginate(TableName=data.table):
