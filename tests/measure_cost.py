@@ -61,6 +61,7 @@ from collector import api  # noqa: E402
 from collector.auth import Source, SourceCache  # noqa: E402
 from collector.config import Settings  # noqa: E402
 from collector.ingest import Collector, IncomingRequest  # noqa: E402
+from collector.sink import S3Sink  # noqa: E402
 from collector.tools.localapi import LambdaContext, proxy_event  # noqa: E402
 
 from .test_benchmark import MemoryStore  # noqa: E402
@@ -156,7 +157,7 @@ def memory_collector() -> tuple[Collector, MemoryStore]:
     store = MemoryStore()
     settings = Settings(events_bucket="cost-events", identity_table="cost-identity")
     sources = SourceCache(lambda _hash: Source("src", "cost"), ttl=3600)
-    return Collector(settings, sources, store), store
+    return Collector(settings, sources, S3Sink(store, settings.gzip_level)), store
 
 
 def measure_requests() -> dict[str, Any]:

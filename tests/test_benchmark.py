@@ -26,6 +26,7 @@ from collector.auth import Source, SourceCache
 from collector.config import Settings
 from collector.ingest import Collector, IncomingRequest
 from collector.ledger import Ledger
+from collector.sink import S3Sink
 from collector.storage import gzip_lines
 
 pytestmark = pytest.mark.bench
@@ -167,8 +168,9 @@ def measure() -> Measurement:
     store, table = MemoryStore(), FreshLedgerTable()
     ledger = Ledger(table, "bench", window_seconds=86400, lease_seconds=30)
     sources = SourceCache(lookup, ttl=3600)
-    collector = Collector(settings, sources, store)
-    deduplicating = Collector(settings, sources, store, ledger=ledger)
+    sink = S3Sink(store, settings.gzip_level)
+    collector = Collector(settings, sources, sink)
+    deduplicating = Collector(settings, sources, sink, ledger=ledger)
     request = IncomingRequest(
         call="batch",
         body=base64.b64encode(raw).decode(),  # as API Gateway hands it over

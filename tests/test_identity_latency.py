@@ -23,6 +23,7 @@ from collector.config import Settings
 from collector.identity_store import IdentityGraph
 from collector.ingest import Collector, IncomingRequest
 from collector.ledger import Ledger
+from collector.sink import S3Sink
 
 from .test_benchmark import FreshLedgerTable, MemoryStore
 
@@ -94,7 +95,7 @@ def measure(messages: int, identifies: int) -> dict[str, Any]:
     collector = Collector(
         settings,
         SourceCache(lambda _: Source("src", "bench"), ttl=3600),
-        store,
+        S3Sink(store, settings.gzip_level),
         IdentityGraph(table, "bench"),
         Ledger(table, "bench", window_seconds=86400, lease_seconds=30),
     )

@@ -24,6 +24,7 @@ from collector.auth import Source, SourceCache
 from collector.config import Settings
 from collector.identity_store import IdentityGraph
 from collector.ingest import Collector, IncomingRequest
+from collector.sink import S3Sink
 from collector.storage import EVENTS_PREFIX, EventStore, object_key
 from collector.tools.resources import create_bucket, create_table, load_template, properties
 from collector.tools.sample_events import sample_events
@@ -192,7 +193,7 @@ def stored_objects() -> dict[str, list[dict[str, Any]]]:
         collector = Collector(
             Settings(events_bucket=aws.bucket, identity_table=aws.table),
             SourceCache(lambda _hash: Source("src-web", "web", may_force_merge=True), 60),
-            EventStore(s3, aws.bucket),
+            S3Sink(EventStore(s3, aws.bucket), 6),
             IdentityGraph(dynamodb, aws.table),
             clock=lambda: next(clock),
         )

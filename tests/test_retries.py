@@ -16,6 +16,7 @@ from collector.auth import Source, SourceCache
 from collector.config import Settings
 from collector.ingest import Collector, IncomingRequest
 from collector.ledger import Ledger
+from collector.sink import S3Sink
 from collector.storage import EventStore
 from collector.tools.localapi import LocalApiGateway, one_instance
 
@@ -78,7 +79,7 @@ def collector_at(aws: Aws) -> Any:
     collector = Collector(
         SETTINGS,
         SourceCache(lambda _: Source("src-1", "web"), ttl=60),
-        EventStore(aws.s3, aws.bucket),
+        S3Sink(EventStore(aws.s3, aws.bucket), SETTINGS.gzip_level),
         ledger=ledger,
         clock=clock,
     )

@@ -35,7 +35,16 @@ def function_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
     policies = properties(template, FUNCTION)["Policies"]
     # Inline statements only: a managed policy or SAM policy template could grant anything.
     assert all(isinstance(policy, dict) and set(policy) == {"Statement"} for policy in policies)
-    return [statement for policy in policies for statement in policy["Statement"]]
+    return [conditional(statement) for policy in policies for statement in policy["Statement"]]
+
+
+def conditional(statement: dict[str, Any]) -> dict[str, Any]:
+    """A statement included only under a condition (Fn::If, else nothing), as it is then."""
+    if "Fn::If" not in statement:
+        return statement
+    _, included, otherwise = statement["Fn::If"]
+    assert otherwise == {"Ref": "AWS::NoValue"}
+    return dict(included)
 
 
 def as_list(value: Any) -> list[Any]:
@@ -174,3 +183,73 @@ def test_the_dedupe_settings_reach_the_function_and_the_lease_outlives_it(
     assert float(variables["CLAIM_LEASE_SECONDS"]) >= 2 * function["Timeout"]
     settings = {field.name.upper() for field in fields(Settings)}
     assert {name for name in variables if not name.startswith("POWERTOOLS_")} <= settings
+
+
+# --- the Firehose sink (EventSink firehose) --------------------------------------------------
+
+FIREHOSE_RESOURCES = (
+    "EventsDeliveryStream",
+    "DeliveryRole",
+    "DeliveryLogGroup",
+    "DeliveryLogStream",
+)
+
+
+def test_firehose_resources_exist_only_when_chosen(template: dict[str, Any]) -> None:
+    assert template["Conditions"]["UsesFirehose"] == {
+        "Fn::Equals": [{"Ref": "EventSink"}, "firehose"]
+    }
+    assert template["Parameters"]["EventSink"]["Default"] == "s3"
+    for name in FIREHOSE_RESOURCES:
+        assert template["Resources"][name]["Condition"] == "UsesFirehose"
+    [statement] = [
+        s for s in properties(template, FUNCTION)["Policies"][0]["Statement"] if "Fn::If" in s
+    ]
+    condition, allowed, _ = statement["Fn::If"]
+    assert condition == "UsesFirehose"
+    assert allowed["Action"] == "firehose:PutRecordBatch"
+    assert allowed["Resource"] == {"Fn::GetAtt": ["EventsDeliveryStream", "Arn"]}
+
+
+def test_firehose_delivers_gzip_into_the_events_layout(template: dict[str, Any]) -> None:
+    destination = properties(template, "EventsDeliveryStream")["ExtendedS3DestinationConfiguration"]
+    # The same Hive partitions as the S3 sink's object keys, on Firehose's arrival time (UTC).
+    assert destination["Prefix"] == "events/dt=!{timestamp:yyyy-MM-dd}/hour=!{timestamp:HH}/"
+    assert destination["ErrorOutputPrefix"].startswith("firehose-errors/")
+    assert destination["CompressionFormat"] == "GZIP"
+    assert destination["FileExtension"] == ".json.gz"
+    assert destination["BufferingHints"] == {
+        "IntervalInSeconds": {"Ref": "FirehoseBufferSeconds"},
+        "SizeInMBs": {"Ref": "FirehoseBufferMegabytes"},
+    }
+    assert destination["BucketARN"] == {"Fn::GetAtt": ["EventsBucket", "Arn"]}
+    rules = properties(template, "EventsBucket")["LifecycleConfiguration"]["Rules"]
+    assert "firehose-errors/" in [rule.get("Prefix") for rule in rules]
+
+
+def test_the_delivery_role_writes_only_the_events_and_its_errors(template: dict[str, Any]) -> None:
+    role = properties(template, "DeliveryRole")
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "firehose.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": {"Ref": "AWS::AccountId"}}}
+    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+    actions = [action for s in statements for action in as_list(s["Action"])]
+    assert [action for action in actions if "*" in action] == []
+    [writes] = [s for s in statements if "s3:PutObject" in as_list(s["Action"])]
+    assert sorted(resource_text(r) for r in writes["Resource"]) == [
+        "${EventsBucket.Arn}/events/*",
+        "${EventsBucket.Arn}/firehose-errors/*",
+    ]
+
+
+def test_the_sink_reaches_the_function_and_firehose_needs_the_ledger(
+    template: dict[str, Any],
+) -> None:
+    variables = properties(template, FUNCTION)["Environment"]["Variables"]
+    assert variables["EVENT_SINK"] == {"Ref": "EventSink"}
+    assert variables["DELIVERY_STREAM"] == {
+        "Fn::If": ["UsesFirehose", {"Ref": "EventsDeliveryStream"}, ""]
+    }
+    rule = template["Rules"]["FirehoseNeedsTheLedger"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "EventSink"}, "firehose"]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "DedupeScope"}, "message"]}

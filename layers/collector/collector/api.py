@@ -25,10 +25,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from .auth import SourceCache
 from .config import AWS_CLIENT_CONFIG, Settings
 from .errors import RequestRefused, StorageUnavailable
+from .firehose_sink import DeliveryReceipts, FirehoseSink
 from .identity import BLOCKED_ANY_CASE
 from .identity_store import IdentityGraph
 from .ingest import Collector, IncomingRequest, IngestResult
 from .ledger import Ledger
+from .sink import EventSink, S3Sink
 from .sources import SourceRegistry
 from .storage import EventStore
 
@@ -119,10 +121,21 @@ def collector() -> Collector:
     return Collector(
         config,
         SourceCache(registry.lookup, config.source_cache_seconds),
-        EventStore(aws_client("s3"), config.events_bucket),
+        event_sink(config),
         identity_graph(),
         ledger,
     )
+
+
+def event_sink(config: Settings) -> EventSink:
+    """The sink EVENT_SINK names; rejected records are objects whichever it is."""
+    objects = S3Sink(EventStore(aws_client("s3"), config.events_bucket), config.gzip_level)
+    if config.event_sink == "s3":
+        return objects
+    receipts = DeliveryReceipts(
+        aws_client("dynamodb"), config.identity_table, config.dedupe_window_hours * 3600
+    )
+    return FirehoseSink(aws_client("firehose"), config.delivery_stream, receipts, objects)
 
 
 @cache

@@ -35,6 +35,9 @@ class Settings:
     # "message": each (source, messageId) is stored once within the window, however it is
     # batched; "request": only a retry of the same batch within the same hour is recognised.
     dedupe_scope: str = "message"
+    # Where events go: "s3", an object per request; "firehose", records of DELIVERY_STREAM.
+    event_sink: str = "s3"
+    delivery_stream: str = ""
     dedupe_window_hours: int = 24
     # How long a claimed message stays reserved for the request storing it: longer than the
     # function can run, so a takeover never races a writer still alive.
@@ -56,6 +59,13 @@ class Settings:
     def __post_init__(self) -> None:
         # A malformed value fails the cold start with its reason rather than a request later.
         parse_origins(self.allowed_origins)
+        if self.event_sink not in ("s3", "firehose"):
+            raise RuntimeError(f"EVENT_SINK must be s3 or firehose, not {self.event_sink!r}")
+        if self.event_sink == "firehose" and not self.delivery_stream:
+            raise RuntimeError("EVENT_SINK=firehose needs DELIVERY_STREAM")
+        if self.event_sink == "firehose" and self.dedupe_scope != "message":
+            # Only S3's conditional PUT recognises a retried request without the ledger.
+            raise RuntimeError("EVENT_SINK=firehose needs DEDUPE_SCOPE=message")
 
     @property
     def origins(self) -> frozenset[str] | None:

@@ -19,21 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from .storage import fingerprint, gzip_lines, object_key
+from .storage import ObjectStore, fingerprint, gzip_lines, object_key
 
 IDENTITIES_PREFIX = "identities"
 # Stream sequence numbers are decimal strings of up to 40 digits: padded, text order is theirs.
 SEQUENCE_DIGITS = 40
 _POINTER_PREFIX, _POINTER_SORT_KEY = "ID#", "ID"
 _GZIP_LEVEL = 6
-
-
-class ObjectStore(Protocol):
-    def put_new(self, key: str, body: bytes, metadata: dict[str, str] | None = None) -> bool: ...
 
 
 def mapping_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

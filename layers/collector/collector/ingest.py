@@ -20,8 +20,9 @@ from .decoding import ParsedBody, decompress, parse_object, request_bytes
 from .errors import BadRequest, MessagesInFlight, NotFound, OutOfTime, StorageUnavailable
 from .identity_store import DecisionLog, IdentityGraph
 from .ledger import ClaimLost, Ledger, Plan, RequestDecisions, plan
+from .sink import EventSink
 from .stamping import COLLECTOR_FIELD, RequestStamp, stamp
-from .storage import EVENTS_PREFIX, REJECTED_PREFIX, EventStore, fingerprint, gzip_lines, object_key
+from .storage import fingerprint
 from .validation import InvalidMessage, parse_timestamp, validate_messages
 
 # Route name -> message type; the one-letter names are analytics.js 2.0's short paths.
@@ -102,7 +103,7 @@ class IngestResult:
 
 
 class Collector:
-    """Ingests requests for one deployment: its limits, its sources, its bucket and its ledger.
+    """Ingests requests for one deployment: its limits, its sources, its sink and its ledger.
 
     Without a ledger, messages are deduplicated per request only (a retry of the same batch in
     the same hour); with one, per message over the ledger's window.
@@ -112,14 +113,14 @@ class Collector:
         self,
         settings: Settings,
         sources: SourceCache,
-        store: EventStore,
+        sink: EventSink,
         identity: IdentityGraph | None = None,
         ledger: Ledger | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._sources = sources
-        self._store = store
+        self._sink = sink
         self._identity = identity
         self._ledger = ledger
         self._clock = clock
@@ -209,24 +210,21 @@ class Collector:
         self, processed: Processed, request: RequestStamp, source: Source, deadline: _Deadline
     ) -> tuple[int, Counter[str]]:
         """Store each accepted message once: claim it in the ledger, decide its identity call,
-        write the object. Returns how many were stored before, and the identity outcomes."""
+        hand it to the sink. Returns how many were stored before, and the identity outcomes."""
         ids = processed.message_ids
 
-        def key_for(chosen: list[str]) -> str:
-            # The set, not the order: an attempt storing the same messages names the same object.
+        def place_for(chosen: list[str]) -> str:
+            # The set, not the order: an attempt storing the same messages names the same place.
             name = fingerprint(request.source_id, sorted(chosen))
-            return object_key(EVENTS_PREFIX, request.received_at, name)
+            return self._sink.place(name, request.received_at)
 
         lease_until = None
         if self._ledger is None:
             # Per request only: a retry of the same batch sends its ids in the same order.
             name = fingerprint(request.source_id, ids)
-            todo, key = (
-                Plan(write=[*range(len(ids))]),
-                object_key(EVENTS_PREFIX, request.received_at, name),
-            )
+            todo, key = Plan(write=[*range(len(ids))]), self._sink.place(name, request.received_at)
         else:
-            todo, key, lease_until = self._claim(self._ledger, ids, request, key_for)
+            todo, key, lease_until = self._claim(self._ledger, ids, request, place_for)
         outcomes: Counter[str] = Counter()
         if todo.write:
             outcomes = self._write(processed, todo, key, lease_until, request, source, deadline)
@@ -240,14 +238,14 @@ class Collector:
         ledger: Ledger,
         ids: list[str],
         request: RequestStamp,
-        key_for: Callable[[list[str]], str],
+        place_for: Callable[[list[str]], str],
     ) -> tuple[Plan, str, float | None]:
         """Claim the messages to write for the object they go to; returns the plan, the
         object's key and the claim's lease. Most requests carry only new messages, so the claim
         is tried first, with no read; one that meets a message claimed before (a retry, a
         recomposed batch) reads the ledger, plans, and claims what it planned."""
         if len(set(ids)) == len(ids):
-            key = key_for(ids)
+            key = place_for(ids)
             try:
                 lease_until = ledger.claim(request.source_id, ids, {}, key)
             except ClaimLost:
@@ -257,8 +255,8 @@ class Collector:
         todo, key = plan(
             ids,
             ledger.read(request.source_id, ids),
-            _memoised(self._store.exists),
-            key_for,
+            _memoised(self._sink.holds),
+            place_for,
             request.received_at.timestamp(),
         )
         if not todo.write:
@@ -295,14 +293,10 @@ class Collector:
                 if len(claimed) == len(ids)
                 else [processed.lines[p] for p in todo.write]
             )
-            self._store.put_new(
-                key,
-                gzip_lines(lines, self._settings.gzip_level),
-                _metadata(request.source_id, request.request_id),
-            )
+            self._sink.put_events(key, lines, request)
         except StorageUnavailable:
-            # Answered 503 even if the object got written after all: the retry finds it.
-            if ledger is not None and _absent(self._store, key):
+            # Answered 503 even if the events got stored after all: the retry finds them.
+            if ledger is not None and _absent(self._sink, key):
                 ledger.release(request.source_id, claimed, key)
             raise
         return outcomes
@@ -370,11 +364,7 @@ class Collector:
             rejection.message_id or uuid.uuid4().hex for rejection, _ in processed.rejected
         ]
         lines = [rejected_line(rej, item, request) for rej, item in processed.rejected]
-        self._store.put_new(
-            object_key(REJECTED_PREFIX, request.received_at, fingerprint(request.source_id, ids)),
-            gzip_lines(lines, self._settings.gzip_level),
-            _metadata(request.source_id, request.request_id),
-        )
+        self._sink.put_rejected(fingerprint(request.source_id, ids), lines, request)
 
     def _keep_unreadable(
         self, raw: bytes, problem: BadRequest, request: IncomingRequest, received_at: datetime
@@ -392,11 +382,7 @@ class Collector:
             "bodyBase64": pybase64.b64encode(raw).decode(),
         }
         name = fingerprint(source.id, [hashlib.sha256(raw).hexdigest()])
-        self._store.put_new(
-            object_key(REJECTED_PREFIX, received_at, name),
-            gzip_lines([orjson.dumps(record, option=_DUMPS_OPTIONS)], self._settings.gzip_level),
-            _metadata(source.id, request.request_id),
-        )
+        self._sink.put_rejected(name, [orjson.dumps(record, option=_DUMPS_OPTIONS)], stamp_)
 
 
 def process(
@@ -484,13 +470,8 @@ def _batch_flaws(parsed: ParsedBody, envelope_problems: list[str]) -> dict[int, 
     return problems
 
 
-def _metadata(source_id: str, request_id: str) -> dict[str, str]:
-    """The S3 object metadata of everything a request stores."""
-    return {"source-id": source_id, "request-id": request_id}
-
-
 def _memoised(exists: Callable[[str], bool]) -> Callable[[str], bool]:
-    """One HeadObject per object within a request, however many of its messages a plan asks
+    """One look-up per place within a request, however many of its messages a plan asks
     about."""
     known: dict[str, bool] = {}
 
@@ -502,10 +483,10 @@ def _memoised(exists: Callable[[str], bool]) -> Callable[[str], bool]:
     return cached
 
 
-def _absent(store: EventStore, key: str) -> bool:
-    """True only if S3 says `key` does not exist; a failing S3 leaves it unknown (False)."""
+def _absent(sink: EventSink, place: str) -> bool:
+    """True only if the sink says `place` is not stored; a failing sink leaves it unknown."""
     try:
-        return not store.exists(key)
+        return not sink.holds(place)
     except StorageUnavailable:
         return False
 

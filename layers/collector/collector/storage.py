@@ -7,7 +7,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -35,6 +35,14 @@ def gzip_lines(lines: list[bytes], level: int) -> bytes:
     """Newline-delimited JSON, gzip-compressed (mtime 0, so equal input gives equal bytes)."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
     return compressor.compress(b"\n".join(lines)) + compressor.compress(b"\n") + compressor.flush()
+
+
+class ObjectStore(Protocol):
+    """Conditional object writes: what the sinks and the identity export need of S3."""
+
+    def put_new(self, key: str, body: bytes, metadata: dict[str, str] | None = None) -> bool: ...
+
+    def exists(self, key: str) -> bool: ...
 
 
 class EventStore:

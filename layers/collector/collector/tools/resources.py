@@ -70,3 +70,37 @@ def create_bucket(s3: Any, name: str, template: dict[str, Any] | None = None) ->
         s3.put_bucket_versioning(
             Bucket=name, VersioningConfiguration=props["VersioningConfiguration"]
         )
+
+
+DELIVERY_STREAM_RESOURCE = "EventsDeliveryStream"
+
+
+def create_delivery_stream(
+    firehose: Any, name: str, bucket: str, template: dict[str, Any] | None = None
+) -> None:
+    """The Firehose delivery stream of EventSink firehose, into `bucket`, with template.yaml's
+    prefixes, compression and buffering (each parameter at its default)."""
+    doc = template or load_template()
+    destination = properties(doc, DELIVERY_STREAM_RESOURCE)["ExtendedS3DestinationConfiguration"]
+    hints = {
+        key: _default(doc, value) for key, value in destination.get("BufferingHints", {}).items()
+    }
+    firehose.create_delivery_stream(
+        DeliveryStreamName=name,
+        DeliveryStreamType="DirectPut",
+        ExtendedS3DestinationConfiguration={
+            "BucketARN": f"arn:aws:s3:::{bucket}",
+            "RoleARN": "arn:aws:iam::123456789012:role/delivery",
+            "Prefix": destination["Prefix"],
+            "ErrorOutputPrefix": destination["ErrorOutputPrefix"],
+            "CompressionFormat": destination["CompressionFormat"],
+            "BufferingHints": hints,
+        },
+    )
+
+
+def _default(template: dict[str, Any], value: Any) -> Any:
+    """A `!Ref Parameter` as the parameter's default; anything else as it is."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return int(template["Parameters"][value["Ref"]]["Default"])
+    return value

@@ -1,0 +1,171 @@
+"""The Firehose sink: records within Firehose's limits, each message sent once however it is
+re-batched, failed records retried alone, persistent failures answered 503."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+
+from collector import api
+from collector.config import Settings
+from collector.firehose_sink import (
+    BYTES_PER_CALL,
+    RECORD_BYTES,
+    RECORDS_PER_CALL,
+    _calls,
+    records,
+)
+from collector.tools.resources import create_delivery_stream
+
+from .conftest import Aws, track
+
+STREAM = "test-events-stream"
+
+
+@pytest.fixture
+def firehose_sink(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    """The collector on EVENT_SINK=firehose, with moto's delivery stream into the bucket."""
+    create_delivery_stream(boto3.client("firehose"), STREAM, aws.bucket)
+    monkeypatch.setenv("EVENT_SINK", "firehose")
+    monkeypatch.setenv("DELIVERY_STREAM", STREAM)
+    yield aws
+
+
+class FlakyFirehose:
+    """Answers some records as failed (FailedPutCount), as Firehose does when throttled, which
+    moto never does; keeps what it accepted."""
+
+    def __init__(self, failures: list[set[int]]) -> None:
+        # For each call in turn, the positions of the records it answers as failed.
+        self.failures = failures
+        self.calls: list[list[bytes]] = []
+        self.accepted: list[bytes] = []
+
+    def put_record_batch(self, DeliveryStreamName: str, Records: list[Any]) -> dict[str, Any]:
+        data = [record["Data"] for record in Records]
+        self.calls.append(data)
+        failed = self.failures.pop(0) if self.failures else set()
+        self.accepted += [record for n, record in enumerate(data) if n not in failed]
+        responses = [
+            {"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "slow down"}
+            if n in failed
+            else {"RecordId": f"r{n}"}
+            for n in range(len(data))
+        ]
+        return {"FailedPutCount": len(failed), "RequestResponses": responses}
+
+
+def delivered(aws: Aws) -> list[dict[str, Any]]:
+    """Every line Firehose wrote under events/ (moto writes records uncompressed)."""
+    lines = []
+    for key in aws.keys("events/"):
+        body = aws.s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read()
+        data = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+        lines += [orjson.loads(line) for line in data.splitlines()]
+    return lines
+
+
+def batch(*messages: dict[str, Any]) -> bytes:
+    return orjson.dumps({"batch": list(messages)})
+
+
+def test_records_are_split_between_lines_within_the_record_limit() -> None:
+    lines = [orjson.dumps({"n": n, "pad": "x" * 30_000}) for n in range(100)]
+    made = list(records(lines))
+    assert len(made) == 3
+    assert all(len(record) <= RECORD_BYTES and record.endswith(b"\n") for record in made)
+    # Concatenated, as Firehose writes them into one object, they are the lines again.
+    assert b"".join(made).splitlines() == lines
+
+
+def test_calls_stay_within_the_batch_limits() -> None:
+    many_small = [b"x"] * (RECORDS_PER_CALL * 2 + 1)
+    assert [len(call) for call in _calls(many_small)] == [RECORDS_PER_CALL, RECORDS_PER_CALL, 1]
+    large = [b"x" * RECORD_BYTES] * 9
+    sizes = [sum(map(len, call)) for call in _calls(large)]
+    assert all(size <= BYTES_PER_CALL for size in sizes)
+    assert sum(sizes) == 9 * RECORD_BYTES
+
+
+def test_events_reach_the_bucket_through_the_delivery_stream(firehose_sink: Aws, post: Any) -> None:
+    sent = [track(n, properties={"emoji": "🎉", "city": "Zürich"}) for n in range(3)]
+    assert post("/v1/batch", batch(*sent)).status_code == 200
+    lines = delivered(firehose_sink)
+    assert [line["messageId"] for line in lines] == [m["messageId"] for m in sent]
+    assert lines[0]["properties"] == {"emoji": "🎉", "city": "Zürich"}
+    # Only Firehose wrote them: its object names start with the stream's name.
+    assert all(key.rsplit("/", 1)[1].startswith(STREAM) for key in firehose_sink.keys("events/"))
+
+
+def test_recomposed_and_retried_batches_send_each_message_once(
+    firehose_sink: Aws, post: Any
+) -> None:
+    m1, m2, m3 = (track(n) for n in range(3))
+    # analytics-next's unload flush, then its timer flush of the same buffer plus a new call.
+    assert post("/v1/batch", batch(m1, m2)).status_code == 200
+    assert post("/v1/batch", batch(m1, m2, m3)).status_code == 200
+    # A retry whose first answer was lost.
+    assert post("/v1/batch", batch(m1, m2, m3), {"X-Retry-Count": "1"}).status_code == 200
+    ids = [line["messageId"] for line in delivered(firehose_sink)]
+    assert sorted(ids) == sorted(m["messageId"] for m in (m1, m2, m3))
+
+
+def test_failed_records_alone_are_sent_again(
+    firehose_sink: Aws, post: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request whose stamped lines outgrow one record: many messages, or large ones.
+    monkeypatch.setenv("MAX_REQUEST_BYTES", str(2 * RECORD_BYTES))
+    flaky = FlakyFirehose(failures=[{0}])
+    api.use_clients({"s3": firehose_sink.s3, "dynamodb": firehose_sink.dynamodb, "firehose": flaky})
+    big = [track(n, properties={"pad": "x" * 30_000}) for n in range(40)]
+    assert post("/v1/batch", batch(*big)).status_code == 200
+    first, retried = flaky.calls
+    assert len(first) == 2 and retried == first[:1]
+    ids = [orjson.loads(line)["messageId"] for r in flaky.accepted for line in r.splitlines()]
+    assert sorted(ids) == sorted(m["messageId"] for m in big)
+
+
+def test_records_that_keep_failing_answer_503_and_the_retry_sends_them_once(
+    firehose_sink: Aws, post: Any
+) -> None:
+    flaky = FlakyFirehose(failures=[{0}, {0}, {0}])
+    api.use_clients({"s3": firehose_sink.s3, "dynamodb": firehose_sink.dynamodb, "firehose": flaky})
+    sent = [track(n) for n in range(5)]
+    answer = post("/v1/batch", batch(*sent))
+    assert answer.status_code == 503
+    assert int(answer.headers["Retry-After"]) >= 1
+    assert flaky.accepted == []
+    assert post("/v1/batch", batch(*sent), {"X-Retry-Count": "1"}).status_code == 200
+    ids = [orjson.loads(line)["messageId"] for r in flaky.accepted for line in r.splitlines()]
+    assert ids == [m["messageId"] for m in sent]
+
+
+def test_rejected_messages_stay_objects_under_rejected(firehose_sink: Aws, post: Any) -> None:
+    answer = post("/v1/batch", batch(track(1), {"type": "track", "messageId": "no-user"}))
+    assert answer.status_code == 200
+    assert [r["messageId"] for r in answer.json()["rejected"]] == ["no-user"]
+    assert [line["messageId"] for line in firehose_sink.stored("rejected/")] == ["no-user"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "problem"),
+    [
+        ({"EVENT_SINK": "kinesis"}, "EVENT_SINK must be s3 or firehose"),
+        ({"EVENT_SINK": "firehose"}, "needs DELIVERY_STREAM"),
+        (
+            {"EVENT_SINK": "firehose", "DELIVERY_STREAM": STREAM, "DEDUPE_SCOPE": "request"},
+            "needs DEDUPE_SCOPE=message",
+        ),
+    ],
+)
+def test_a_sink_setting_that_cannot_work_fails_the_cold_start(
+    variables: dict[str, str], problem: str
+) -> None:
+    env = {"EVENTS_BUCKET": "b", "IDENTITY_TABLE": "t", **variables}
+    with pytest.raises(RuntimeError, match=problem):
+        Settings.from_env(env)
