@@ -23,7 +23,14 @@ from typing import Any
 
 import orjson
 
-from .dynamodb import ITEMS_PER_TRANSACTION, KEYS_PER_READ, ConditionsFailed, get_many, transact
+from .dynamodb import (
+    ITEMS_PER_TRANSACTION,
+    KEYS_PER_READ,
+    ConditionsFailed,
+    get_many,
+    transact,
+    write_one,
+)
 from .errors import StorageUnavailable
 
 
@@ -257,7 +264,11 @@ class Ledger:
 
     def _transact(self, items: list[dict[str, Any]]) -> None:
         try:
-            transact(self._db, items)
+            # One message (every browser request): a plain conditional write, at half the cost.
+            if len(items) == 1:
+                write_one(self._db, items[0])
+            else:
+                transact(self._db, items)
         except ConditionsFailed as exc:
             raise ClaimLost from exc
 
