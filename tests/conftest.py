@@ -23,13 +23,14 @@ from moto.dynamodb.responses import DynamoHandler
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "collector")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "EventCollector")
 
-from collector import api
+from collector import api, browser_api
 from collector.sources import SourceRegistry
+from collector.tools.http_api import HTTP_API
 from collector.tools.instances import engines
-from collector.tools.localapi import LocalApiGateway, one_instance
+from collector.tools.localapi import REST, Door, LocalApiGateway, one_instance
 from collector.tools.resources import create_bucket, create_table
 
-pytest_plugins = ["tests.devserver", "tests.chromium"]
+pytest_plugins = ["tests.devserver", "tests.chromium", "tests.shop"]
 
 BUCKET = "test-events"
 TABLE = "test-identity"
@@ -119,14 +120,26 @@ def write_key(aws: Aws) -> str:
     return key
 
 
-@pytest.fixture
-def server(aws: Aws) -> Iterator[LocalApiGateway]:
-    local = LocalApiGateway(("127.0.0.1", 0), one_instance(api.lambda_handler))
+def serving(handler: Any, door: Door = REST) -> Iterator[LocalApiGateway]:
+    """A local API Gateway of `door` on a free port, invoking `handler` in this process."""
+    local = LocalApiGateway(("127.0.0.1", 0), one_instance(handler), door=door)
     thread = threading.Thread(target=local.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield local
     local.shutdown()
     local.server_close()
+
+
+@pytest.fixture
+def server(aws: Aws) -> Iterator[LocalApiGateway]:
+    """The REST door (the ingest function) on moto."""
+    yield from serving(api.lambda_handler)
+
+
+@pytest.fixture
+def browser_server(aws: Aws) -> Iterator[LocalApiGateway]:
+    """The browser door (the HTTP API and its function) on moto."""
+    yield from serving(browser_api.lambda_handler, HTTP_API)
 
 
 # --- requests over HTTP ------------------------------------------------------------------

@@ -41,6 +41,7 @@ CLEARED = (
     "COLLECTOR_DEV_WRITE_KEY",
     "COLLECTOR_DATA_DIR",
     "PORT",
+    "BROWSER_PORT",
 )
 
 
@@ -71,6 +72,7 @@ def port_is_free(port: int) -> bool:
 class DevServer:
     process: subprocess.Popen[str]
     port: int
+    browser_port: int
     data_dir: Path
     write_key: str
     bucket: str = DEV_BUCKET
@@ -82,6 +84,11 @@ class DevServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def browser_url(self) -> str:
+        """The browser door (the HTTP API's stand-in)."""
+        return f"http://127.0.0.1:{self.browser_port}"
 
     @property
     def bucket_dir(self) -> Path:
@@ -177,11 +184,12 @@ class DevServers:
         self.started: list[DevServer] = []
 
     def start(self, *args: str, data_dir: Path | None = None, **env_overrides: str) -> DevServer:
-        port = free_port()
+        port, browser_port = free_port(), free_port()
         directory = data_dir or self.base / "collector-data"
         env = {name: value for name, value in os.environ.items() if name not in CLEARED}
         env.update(
             PORT=str(port),
+            BROWSER_PORT=str(browser_port),
             COLLECTOR_DATA_DIR=str(directory),
             COLLECTOR_DEV_WRITE_KEY=DEV_KEY,
             # Two Lambda instances start in half the time of the default four; tests that
@@ -204,7 +212,12 @@ class DevServers:
             start_new_session=True,
         )
         server = DevServer(
-            process, port, directory, DEV_KEY, bucket=env_overrides.get("EVENTS_BUCKET", DEV_BUCKET)
+            process,
+            int(env["PORT"]),
+            int(env["BROWSER_PORT"]),
+            directory,
+            DEV_KEY,
+            bucket=env_overrides.get("EVENTS_BUCKET", DEV_BUCKET),
         )
         self.started.append(server)
         for stream, lines in ((process.stdout, server.stdout), (process.stderr, server.stderr)):

@@ -1,5 +1,5 @@
-"""CORS: ALLOWED_ORIGINS ("*" or a list) on preflights and answers, the identity route never open,
-the setting's parsing and its template parameter."""
+"""CORS: ALLOWED_ORIGINS ("*" or a list) on preflights and answers through either door, the
+identity route never open, the setting's parsing and its template parameter."""
 
 from __future__ import annotations
 
@@ -59,15 +59,23 @@ def vary(response: requests.Response) -> set[str]:
     return {name.strip().lower() for name in response.headers.get("Vary", "").split(",") if name}
 
 
+@pytest.fixture(params=["rest", "browser"])
+def door(request: pytest.FixtureRequest) -> LocalApiGateway:
+    """Each door in turn: CORS on the event routes is the same code on both, and must behave so."""
+    name = "server" if request.param == "rest" else "browser_server"
+    local: LocalApiGateway = request.getfixturevalue(name)
+    return local
+
+
 # --- "*", the default: as before ------------------------------------------------------------
 
 
 def test_default_answers_any_origin_without_credentials(
-    server: LocalApiGateway, write_key: str
+    door: LocalApiGateway, write_key: str
 ) -> None:
     for response, status in (
-        (preflight(server, STRANGER), 204),
-        (send(server, write_key, SHOP), 200),
+        (preflight(door, STRANGER), 204),
+        (send(door, write_key, SHOP), 200),
     ):
         assert response.status_code == status, response.text
         assert response.headers["Access-Control-Allow-Origin"] == "*"
@@ -81,9 +89,9 @@ def test_default_answers_any_origin_without_credentials(
 @pytest.mark.usefixtures("origins")
 @pytest.mark.parametrize("origin", [SHOP, BLOG])
 def test_listed_origin_is_named_back_with_credentials_on_the_preflight(
-    server: LocalApiGateway, origin: str
+    door: LocalApiGateway, origin: str
 ) -> None:
-    response = preflight(server, origin)
+    response = preflight(door, origin)
     assert response.status_code == 204
     assert response.headers["Access-Control-Allow-Origin"] == origin
     assert response.headers["Access-Control-Allow-Credentials"] == "true"
@@ -98,9 +106,9 @@ def test_listed_origin_is_named_back_with_credentials_on_the_preflight(
 
 @pytest.mark.usefixtures("origins")
 def test_listed_origin_is_named_back_with_credentials_on_the_answer(
-    server: LocalApiGateway, write_key: str
+    door: LocalApiGateway, write_key: str
 ) -> None:
-    response = send(server, write_key, SHOP)
+    response = send(door, write_key, SHOP)
     assert response.status_code == 200, response.text
     assert response.headers["Access-Control-Allow-Origin"] == SHOP
     assert response.headers["Access-Control-Allow-Credentials"] == "true"
@@ -108,9 +116,9 @@ def test_listed_origin_is_named_back_with_credentials_on_the_answer(
 
 
 @pytest.mark.usefixtures("origins")
-def test_a_refusal_is_readable_by_a_listed_origin(server: LocalApiGateway) -> None:
+def test_a_refusal_is_readable_by_a_listed_origin(door: LocalApiGateway) -> None:
     # The page's code sees the 401 and its code, not an opaque CORS failure.
-    response = send(server, "not-a-write-key", BLOG)
+    response = send(door, "not-a-write-key", BLOG)
     assert response.status_code == 401
     assert response.headers["Access-Control-Allow-Origin"] == BLOG
     assert response.headers["Access-Control-Allow-Credentials"] == "true"
@@ -119,11 +127,11 @@ def test_a_refusal_is_readable_by_a_listed_origin(server: LocalApiGateway) -> No
 @pytest.mark.usefixtures("origins")
 @pytest.mark.parametrize("origin", [STRANGER, "https://shop.example.evil.example", "null", None])
 def test_other_origins_get_no_allow_origin_but_vary(
-    server: LocalApiGateway, write_key: str, origin: str | None
+    door: LocalApiGateway, write_key: str, origin: str | None
 ) -> None:
     for response, status in (
-        (preflight(server, origin), 204),
-        (send(server, write_key, origin), 200),
+        (preflight(door, origin), 204),
+        (send(door, write_key, origin), 200),
     ):
         assert response.status_code == status, response.text
         assert "Access-Control-Allow-Origin" not in response.headers
@@ -233,8 +241,9 @@ def test_template_parameter_is_wired_and_validated_like_the_setting() -> None:
     template = load_template()
     parameter = template["Parameters"]["AllowedOrigins"]
     assert parameter["Default"] == "*"
-    variables = properties(template, "IngestFunction")["Environment"]["Variables"]
-    assert variables["ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}
+    for function in ("IngestFunction", "BrowserFunction"):
+        variables = properties(template, function)["Environment"]["Variables"]
+        assert variables["ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}, function
     # CloudFormation's pattern (Java regex) refuses at deploy what the function would refuse at
     # its cold start, and accepts what it accepts.
     pattern = re.compile(parameter["AllowedPattern"])

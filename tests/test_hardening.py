@@ -26,6 +26,8 @@ SAM_PYTHON = ROOT / ".venv-sam" / "bin" / "python"
 API_SOURCE = ROOT / "layers" / "collector" / "collector" / "api.py"
 FUNCTION = "IngestFunction"
 API = "CollectorApi"
+BROWSER_FUNCTION = "BrowserFunction"
+BROWSER_API = "BrowserApi"
 IDENTITIES_PATH = "/v1/identities/{distinctId}"
 NO_ACTION = {"Ref": "AWS::NoValue"}
 # Managed policies a service needs that cannot be scoped further: Lambda's and API Gateway's
@@ -254,16 +256,21 @@ def test_function_policies_are_inline_and_scoped(raw: dict[str, Any]) -> None:
     statements = [statement for policy in policies for statement in policy["Statement"]]
     assert wildcard_problems(statements) == []
     assert "Role" not in properties(raw, FUNCTION)
+    # The browser door's function runs under the ingest function's role, nothing more.
+    browser = properties(raw, BROWSER_FUNCTION)
+    assert browser["Role"] == {"Fn::GetAtt": [f"{FUNCTION}Role", "Arn"]}
+    assert "Policies" not in browser
 
 
 def test_lambda_permissions_are_for_this_api_only(transformed: dict[str, Any]) -> None:
     permissions = of_type(transformed, "AWS::Lambda::Permission")
-    assert permissions
+    # Each function may be invoked by its own door only.
+    door = {FUNCTION: API, BROWSER_FUNCTION: BROWSER_API}
+    assert {props["FunctionName"]["Ref"] for props in permissions.values()} == set(door)
     for name, props in permissions.items():
         assert props["Principal"] == "apigateway.amazonaws.com", name
-        assert props["FunctionName"] == {"Ref": FUNCTION}
         sub = props["SourceArn"]["Fn::Sub"]
-        assert sub[1]["__ApiId__"] == {"Ref": API}, name
+        assert sub[1]["__ApiId__"] == {"Ref": door[props["FunctionName"]["Ref"]]}, name
 
 
 # --- API -----------------------------------------------------------------------------------
@@ -318,16 +325,44 @@ def test_stage_throttles_every_method(
     assert 0 < parameters["ThrottleBurstLimit"]["Default"] <= 5_000
 
 
+def test_browser_api_throttles_every_route(
+    raw: dict[str, Any], maybe_transformed: dict[str, Any] | None
+) -> None:
+    expected = {
+        "ThrottlingRateLimit": {"Ref": "ThrottleRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ThrottleBurstLimit"},
+        "DetailedMetricsEnabled": True,
+    }
+    assert properties(raw, BROWSER_API)["DefaultRouteSettings"] == expected
+    if maybe_transformed is not None:
+        [stage] = of_type(maybe_transformed, "AWS::ApiGatewayV2::Stage").values()
+        assert stage["DefaultRouteSettings"] == expected
+        assert stage["StageName"] == "$default"
+
+
 def test_every_log_group_has_retention_and_is_used(raw: dict[str, Any]) -> None:
     groups = of_type(raw, "AWS::Logs::LogGroup")
-    assert set(groups) == {"IngestLogGroup", "IdentityExportLogGroup", "ApiAccessLogGroup"}
+    assert set(groups) == {
+        "IngestLogGroup",
+        "IdentityExportLogGroup",
+        "ApiAccessLogGroup",
+        "BrowserLogGroup",
+        "BrowserAccessLogGroup",
+        "DeliveryLogGroup",
+    }
     for props in groups.values():
         assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert properties(raw, FUNCTION)["LoggingConfig"]["LogGroup"] == {"Ref": "IngestLogGroup"}
+    browser = properties(raw, BROWSER_FUNCTION)["LoggingConfig"]["LogGroup"]
+    assert browser == {"Ref": "BrowserLogGroup"}
+    browser_access = properties(raw, BROWSER_API)["AccessLogSettings"]["DestinationArn"]
+    assert browser_access == {"Fn::GetAtt": ["BrowserAccessLogGroup", "Arn"]}
     export = properties(raw, "IdentityExportFunction")["LoggingConfig"]["LogGroup"]
     assert export == {"Ref": "IdentityExportLogGroup"}
     destination = properties(raw, API)["AccessLogSetting"]["DestinationArn"]
     assert destination == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    delivery = properties(raw, "EventsDeliveryStream")["ExtendedS3DestinationConfiguration"]
+    assert delivery["CloudWatchLoggingOptions"]["LogGroupName"] == {"Ref": "DeliveryLogGroup"}
     assert 1 <= raw["Parameters"]["LogRetentionDays"]["Default"] <= 3653
 
 

@@ -157,8 +157,9 @@ def test_make_package_builds_function_and_layer_without_docker(tmp_path: Path) -
     check_layer(layer)
     # Each function is only its handler; code and dependencies come from the layer.
     assert sorted(p.name for p in function.iterdir()) == ["app.py"]
-    export = build_dir / resources["IdentityExportFunction"]["Properties"]["CodeUri"]
-    assert sorted(p.name for p in export.iterdir()) == ["app.py"]
+    for other in ("IdentityExportFunction", "BrowserFunction"):
+        code = build_dir / resources[other]["Properties"]["CodeUri"]
+        assert sorted(p.name for p in code.iterdir()) == ["app.py"], other
 
     total = report("layer", layer, tmp_path) + report("function", function, tmp_path)
     print(f"function + layer: {total / 1e6:.2f} MB unzipped (Lambda's limit: 250 MB)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from cfnlint.api import ManualArgs, lint_file
 from cfnlint.helpers import REGIONS
 
 from collector.config import Settings
+from collector.tools.http_api import BROWSER_ROUTES
 from collector.tools.localapi import ROUTES
 from collector.tools.resources import (
     BUCKET_RESOURCE,
@@ -23,6 +25,9 @@ from .conftest import Aws
 
 FUNCTION = "IngestFunction"
 API = "CollectorApi"
+BROWSER_FUNCTION = "BrowserFunction"
+BROWSER_API = "BrowserApi"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +132,73 @@ def test_every_api_event_is_on_the_collector_api(template: dict[str, Any]) -> No
     assert [event["Properties"]["RestApiId"] for event in events] == [{"Ref": API}] * len(events)
 
 
-def test_api_is_a_rest_api(template: dict[str, Any]) -> None:
-    types = {resource["Type"] for resource in template["Resources"].values()}
-    assert template["Resources"][API]["Type"] == "AWS::Serverless::Api"
-    assert "AWS::Serverless::HttpApi" not in types
-    assert not any(kind.startswith("AWS::ApiGatewayV2::") for kind in types)
+def test_api_is_a_rest_api_and_the_browser_door_the_only_http_api(
+    template: dict[str, Any],
+) -> None:
+    kinds = {name: resource["Type"] for name, resource in template["Resources"].items()}
+    assert kinds[API] == "AWS::Serverless::Api"
+    assert [name for name, kind in kinds.items() if kind == "AWS::Serverless::HttpApi"] == [
+        BROWSER_API
+    ]
+    assert not any(kind.startswith("AWS::ApiGatewayV2::") for kind in kinds.values())
+
+
+def test_browser_routes_are_the_template_http_api_events(template: dict[str, Any]) -> None:
+    events = properties(template, BROWSER_FUNCTION)["Events"].values()
+    assert {event["Type"] for event in events} == {"HttpApi"}
+    declared = sorted((e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events)
+    assert sorted(BROWSER_ROUTES) == declared
+    for event in events:
+        assert event["Properties"]["ApiId"] == {"Ref": BROWSER_API}
+        assert event["Properties"]["PayloadFormatVersion"] == "2.0"
+    # The identity read stays IAM-only, on the REST API.
+    assert not [path for _, path in BROWSER_ROUTES if "identities" in path]
+
+
+def test_browser_function_is_the_ingest_function_behind_another_edge(
+    template: dict[str, Any],
+) -> None:
+    ingest, browser = properties(template, FUNCTION), properties(template, BROWSER_FUNCTION)
+    for name in ("Runtime", "Architectures", "MemorySize", "Timeout", "Layers"):
+        assert browser[name] == ingest[name], name
+    # The same role, so exactly the permissions ingestion has, written once.
+    assert browser["Role"] == {"Fn::GetAtt": [f"{FUNCTION}Role", "Arn"]}
+    assert "Policies" not in browser
+    variables = dict(browser["Environment"]["Variables"])
+    rest_url = variables.pop("REST_API_URL")
+    assert variables == ingest["Environment"]["Variables"]
+    assert "${CollectorApi}.execute-api" in rest_url["Fn::Sub"]
+    assert "REST_API_URL" in {field.name.upper() for field in fields(Settings)}
+
+
+def test_browser_function_builds_like_the_others(template: dict[str, Any]) -> None:
+    resource = template["Resources"][BROWSER_FUNCTION]
+    assert resource["Metadata"] == {"BuildMethod": "makefile"}
+    code = REPO / resource["Properties"]["CodeUri"]
+    assert f"build-{BROWSER_FUNCTION}:" in (code / "Makefile").read_text()
+    module, handler = resource["Properties"]["Handler"].split(".")
+    assert f"from collector.browser_api import {handler}" in (code / f"{module}.py").read_text()
+
+
+def test_browser_api_is_throttled_logged_and_leaves_cors_to_the_function(
+    template: dict[str, Any],
+) -> None:
+    api_properties = properties(template, BROWSER_API)
+    assert api_properties["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": {"Ref": "ThrottleRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ThrottleBurstLimit"},
+        "DetailedMetricsEnabled": True,
+    }
+    logs = api_properties["AccessLogSettings"]
+    assert logs["DestinationArn"] == {"Fn::GetAtt": ["BrowserAccessLogGroup", "Arn"]}
+    # Like the REST API's access log: no headers (write keys), no bodies.
+    assert "header" not in logs["Format"].lower() and "body" not in logs["Format"].lower()
+    # With a CorsConfiguration the API would answer preflights itself and override the
+    # function's CORS headers; the function answers them, as on the REST door.
+    assert "CorsConfiguration" not in api_properties
+    assert "StageName" not in api_properties  # $default: the URL has no stage segment
+    url = template["Outputs"]["BrowserApiUrl"]["Value"]["Fn::Sub"]
+    assert url == "https://${BrowserApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"
 
 
 def test_api_passes_every_body_as_binary(template: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from aws_lambda_powertools.event_handler import (
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from .auth import SourceCache
@@ -69,14 +70,14 @@ class AllowedOrigins(CORSConfig):
 
 
 # analytics.js 2.0 sends Authorization and X-Retry-Count, so every browser call is preflighted.
-app = APIGatewayRestResolver(
-    cors=AllowedOrigins(
-        allow_origin="*",
-        allow_headers=["Authorization", "Content-Type", "X-Retry-Count"],
-        max_age=7200,
-        allow_credentials=True,
-    )
+# One configuration for both doors: the browser door (browser_api.py) answers CORS with it too.
+CORS = AllowedOrigins(
+    allow_origin="*",
+    allow_headers=["Authorization", "Content-Type", "X-Retry-Count"],
+    max_age=7200,
+    allow_credentials=True,
 )
+app = APIGatewayRestResolver(cors=CORS)
 
 
 @cache
@@ -181,17 +182,30 @@ def identity_preflight(distinct_id: str) -> Response[Any]:
 
 @app.post("/v1/<call>")
 def ingest(call: str) -> Response[Any]:
-    event = app.current_event
+    context = app.current_event.request_context
+    return ingest_answer(
+        call, app.current_event, request_id=context.request_id, ip=context.identity.source_ip
+    )
+
+
+def ingest_answer(
+    call: str, event: BaseProxyEvent, *, request_id: str, ip: str | None
+) -> Response[Any]:
+    """The answer to POST /v1/<call> from either door's event (REST payload v1 here, HTTP API
+    payload v2 in browser_api.py): both carry the body and headers alike, but the request id
+    and the caller's IP sit in different places, so each door passes them. Powertools keeps
+    the current event and Lambda context on the class all resolvers share, so `app` here (and
+    in the handlers below) reads the browser door's as well."""
     headers = event.headers
     result = collector().ingest(
         IncomingRequest(
             call=call,
             body=event.body,
             is_base64_encoded=bool(event.is_base64_encoded),
-            request_id=event.request_context.request_id,
+            request_id=request_id,
             authorization=headers.get("authorization"),
             content_encoding=headers.get("content-encoding"),
-            ip=event.request_context.identity.source_ip,
+            ip=ip,
             time_left=_time_left(app.lambda_context),
         )
     )

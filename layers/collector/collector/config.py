@@ -55,6 +55,8 @@ class Settings:
     # Browser origins allowed to call the API (CORS), comma-separated. "*": any origin, without
     # credentials; a list: only those, with credentials (fetch's credentials: 'include').
     allowed_origins: str = "*"
+    # The REST door's URL, named by the browser door when it refuses a gzip body ("": unknown).
+    rest_api_url: str = ""
 
     def __post_init__(self) -> None:
         # A malformed value fails the cold start with its reason rather than a request later.

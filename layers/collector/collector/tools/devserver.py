@@ -4,14 +4,19 @@ No AWS account, no Docker, no moto: the Lambda code runs unchanged in worker pro
 concurrent invocation, as Lambda does) against `LocalS3` (files) and `LocalDynamoDB` (SQLite).
 Data stays in COLLECTOR_DATA_DIR across restarts; `--fresh` (`make dev-fresh`) starts empty.
 
-Environment: PORT (3000), COLLECTOR_DATA_DIR (.collector-data), EVENTS_BUCKET, IDENTITY_TABLE,
-COLLECTOR_DEV_WRITE_KEY, DEV_INSTANCES (concurrent Lambda instances, default 4), DEV_HTTPS (1:
-serve https:// with a self-signed certificate kept in the data directory).
+Two doors, as the stack has: the REST API on PORT, and the browser door's HTTP API (payload v2,
+text content types passed as text) on BROWSER_PORT, both served by the same instances.
+
+Environment: PORT (3000), BROWSER_PORT (PORT + 1), COLLECTOR_DATA_DIR (.collector-data),
+EVENTS_BUCKET, IDENTITY_TABLE, COLLECTOR_DEV_WRITE_KEY, DEV_INSTANCES (concurrent Lambda
+instances, default 4), DEV_HTTPS (1: serve https:// with a self-signed certificate kept in the
+data directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import signal
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     from collector.sources import SourceRegistry
 
     from .debugger import PAGE, Debugger
+    from .http_api import HTTP_API
     from .instances import InstanceFailed, LambdaInstances, bucket_dir, engines
     from .localapi import LocalApiGateway
     from .tls import server_context
@@ -59,6 +65,16 @@ def main(argv: list[str] | None = None) -> None:
     write_key = os.environ["COLLECTOR_DEV_WRITE_KEY"]
     prepare(local, bucket, table, write_key)
 
+    port = int(os.environ.get("PORT", "3000"))
+    browser_port = int(os.environ.get("BROWSER_PORT", str(port + 1)))
+    tls, trust = None, ""
+    if os.environ.get("DEV_HTTPS", "") not in ("", "0"):
+        tls, cert_path = server_context(data_dir / "tls")
+        trust = (
+            f"tls        self-signed; trust {cert_path} (e.g. curl --cacert, NODE_EXTRA_CA_CERTS)\n"
+        )
+    # What the browser door names when it refuses a gzip body; set before the instances start.
+    os.environ["REST_API_URL"] = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     count = int(os.environ["DEV_INSTANCES"])
     try:
         instances = LambdaInstances(count, data_dir)
@@ -69,14 +85,15 @@ def main(argv: list[str] | None = None) -> None:
         IdentityGraph(local["dynamodb"], table),
         SourceRegistry(local["dynamodb"], table),
     )
-    address = ("127.0.0.1", int(os.environ.get("PORT", "3000")))
-    tls, trust = None, ""
-    if os.environ.get("DEV_HTTPS", "") not in ("", "0"):
-        tls, cert_path = server_context(data_dir / "tls")
-        trust = (
-            f"tls        self-signed; trust {cert_path} (e.g. curl --cacert, NODE_EXTRA_CA_CERTS)\n"
-        )
-    server = LocalApiGateway(address, instances.invoke, debugger.answer, tls)
+    server = LocalApiGateway(("127.0.0.1", port), instances.invoke, debugger.answer, tls)
+    browser = LocalApiGateway(
+        ("127.0.0.1", browser_port),
+        functools.partial(instances.invoke, function="browser"),
+        tls=tls,
+        door=HTTP_API,
+    )
+    browser_thread = threading.Thread(target=browser.serve_forever, daemon=True)
+    browser_thread.start()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # shutdown() waits for serve_forever, so it must run off the serving thread.
@@ -86,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, stop)
     print(
         f"collector  {server.url}  (POST /v1/batch, /v1/track, ...)\n"
+        f"browser    {browser.url}  (the HTTP API door for analytics.js: /v1/t, /v1/b, ...)\n"
         f"write key  {write_key}\n"
         f"debugger   {server.url}{PAGE}  (live events, rejections, persons)\n"
         f"data       {data_dir}  (kept across restarts; `make dev-fresh` starts empty)\n"
@@ -98,7 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         server.serve_forever()
     finally:
+        browser.shutdown()
+        browser_thread.join()
         server.server_close()
+        browser.server_close()
         instances.stop()
         print("stopped", flush=True)
 

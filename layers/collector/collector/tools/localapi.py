@@ -1,7 +1,9 @@
 """A local stand-in for API Gateway: HTTP in, the same REST (payload v1) proxy event to the handler.
 
 Bodies are base64-encoded as with `BinaryMediaTypes: */*`, so the Lambda's decoding path runs as on
-AWS. Routes mirror template.yaml; anything else answers like API Gateway does (403).
+AWS. Routes mirror template.yaml; anything else answers like API Gateway does (403). The server
+takes its door as a `Door`: this REST one by default, the browser door's HTTP API (payload v2)
+from `http_api.py`.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ class LambdaContext:
         return 15_000
 
 
-def match_route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+def match_route(
+    method: str, path: str, routes: tuple[tuple[str, str], ...] = ROUTES
+) -> tuple[str, dict[str, str]] | None:
     """The template resource a request maps to and its path parameters, as API Gateway routes."""
-    for route_method, resource in ROUTES:
+    for route_method, resource in routes:
         if route_method != method:
             continue
         pattern = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(resource)) + "$"
@@ -129,6 +133,22 @@ def proxy_event(
     }
 
 
+# (method, path, query, headers, body, source IP) -> the door's Lambda event, or None if unrouted.
+EventBuilder = Callable[[str, str, str, list[tuple[str, str]], bytes, str], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Door:
+    """One kind of API Gateway API: the event it builds for a request, and its unrouted answer."""
+
+    event: EventBuilder
+    unrouted_status: int
+    unrouted_body: bytes
+
+
+REST = Door(proxy_event, 403, b'{"message":"Missing Authentication Token"}')
+
+
 def one_instance(handler: Handler) -> Invoke:
     """Invocations of `handler` in this process, one at a time, as one Lambda instance serves."""
     lock = threading.Lock()
@@ -152,11 +172,13 @@ class LocalApiGateway(ThreadingHTTPServer):
         invoke: Invoke,
         pages: LocalPages | None = None,
         tls: ssl.SSLContext | None = None,
+        door: Door = REST,
     ) -> None:
         super().__init__(address, _RequestHandler)
         self.invoke = invoke
         self.pages = pages
         self.tls = tls
+        self.door = door
 
     @property
     def url(self) -> str:
@@ -217,14 +239,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if page is not None:
             self._reply(*page)
             return
-        event = proxy_event(
+        door = self.server.door
+        event = door.event(
             self.command, path, query, list(self.headers.items()), body, self.client_address[0]
         )
         if event is None:
             self._reply(
-                403,
-                {"Content-Type": "application/json"},
-                b'{"message":"Missing Authentication Token"}',
+                door.unrouted_status, {"Content-Type": "application/json"}, door.unrouted_body
             )
             return
         try:
@@ -241,11 +262,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
         headers = dict(response.get("headers") or {})
         for name, values in (response.get("multiValueHeaders") or {}).items():
             headers[name] = ", ".join(values)
-        self._reply(int(response["statusCode"]), headers, data)
+        # Payload v2 answers carry cookies apart; each becomes a Set-Cookie header.
+        cookies = [("Set-Cookie", cookie) for cookie in response.get("cookies") or []]
+        self._reply(int(response["statusCode"]), headers, data, cookies)
 
-    def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
+    def _reply(
+        self,
+        status: int,
+        headers: dict[str, str],
+        data: bytes,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.send_response(status)
-        for name, value in headers.items():
+        for name, value in [*headers.items(), *(extra or [])]:
             if name.lower() != "content-length":
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
