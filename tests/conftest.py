@@ -77,7 +77,13 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def clear_api_caches() -> None:
     """Forget the warm Lambda's settings, clients and collector: the next request builds them
     anew from the environment, as a cold start does."""
-    for cached in (api.settings, api.aws_client, api.collector, api.identity_graph):
+    for cached in (
+        api.settings,
+        api.aws_client,
+        api.collector,
+        api.identity_graph,
+        api.profile_store,
+    ):
         cached.cache_clear()
 
 

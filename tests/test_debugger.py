@@ -128,6 +128,11 @@ def test_a_person_shows_all_its_ids_merged_traits_and_events_in_order(
     assert sorted(person["person"]["distinctIds"]) == ["ada@example.com", "anon-ada"]
     # Latest non-null value by event time: the upgrade's null name keeps the earlier one.
     assert person["traits"] == {"plan": "pro", "name": "Ada"}
+    # The person as the read API answers it: the stored profile agrees with the events.
+    assert person["person"]["traits"] == person["traits"]
+    times = [event["timestamp"] for event in person["events"]]
+    assert person["person"]["firstSeen"] == min(times)
+    assert min(times) <= person["person"]["lastSeen"] <= max(times)
     ids = [event["messageId"] for event in person["events"]]
     assert set(ids) == {"m-page", "m-viewed", "m-identify", "m-upgrade", "m-shared"}
     assert ids.index("m-identify") < ids.index("m-upgrade")

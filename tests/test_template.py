@@ -215,6 +215,19 @@ def test_function_policy_has_no_wildcard_action(template: dict[str, Any]) -> Non
     assert [action for action in actions if "*" in action] == []
 
 
+def test_function_may_make_the_profiles_calls_on_the_table_only(template: dict[str, Any]) -> None:
+    """ProfileStore reads with BatchGetItem and writes with PutItem (alone or as the Put items
+    of TransactWriteItems, which IAM checks as PutItem)."""
+    granted = {
+        action: as_list(s["Resource"])
+        for s in function_statements(template)
+        for action in as_list(s["Action"])
+    }
+    table = {"Fn::GetAtt": ["IdentityTable", "Arn"]}
+    for action in ("dynamodb:BatchGetItem", "dynamodb:PutItem"):
+        assert granted[action] == [table], action
+
+
 def test_function_policy_has_no_wildcard_resource(template: dict[str, Any]) -> None:
     statements = function_statements(template)
     assert all("NotAction" not in s and "NotResource" not in s for s in statements)

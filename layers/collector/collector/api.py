@@ -31,6 +31,7 @@ from .identity import BLOCKED_ANY_CASE
 from .identity_store import IdentityGraph
 from .ingest import Collector, IncomingRequest, IngestResult
 from .ledger import Ledger
+from .profiles import ProfileStore
 from .sink import EventSink, S3Sink
 from .sources import SourceRegistry
 from .storage import EventStore
@@ -102,7 +103,7 @@ def use_clients(clients: dict[str, Any]) -> None:
     embedded engines that answer the same calls; `{}` goes back to AWS. Never called in Lambda."""
     _stand_ins.clear()
     _stand_ins.update(clients)
-    for cached in (aws_client, collector, identity_graph):
+    for cached in (aws_client, collector, identity_graph, profile_store):
         cached.cache_clear()
 
 
@@ -125,6 +126,7 @@ def collector() -> Collector:
         event_sink(config),
         identity_graph(),
         ledger,
+        profiles=profile_store(),
     )
 
 
@@ -142,14 +144,30 @@ def event_sink(config: Settings) -> EventSink:
 @cache
 def identity_graph() -> IdentityGraph:
     config = settings()
-    extra_blocked = {value.strip().casefold() for value in config.identity_blocked_ids.split(",")}
     return IdentityGraph(
         aws_client("dynamodb"),
         config.identity_table,
         max_ids=config.identity_max_ids,
-        blocked=BLOCKED_ANY_CASE | (extra_blocked - {""}),
+        blocked=blocked_ids(),
         cache_seconds=config.identity_cache_seconds,
     )
+
+
+@cache
+def profile_store() -> ProfileStore:
+    config = settings()
+    return ProfileStore(
+        aws_client("dynamodb"),
+        config.identity_table,
+        blocked=blocked_ids(),
+        seen_resolution=config.profile_seen_seconds,
+    )
+
+
+def blocked_ids() -> frozenset[str]:
+    """The ids refused for identity: the built-in placeholders and IDENTITY_BLOCKED_IDS."""
+    extra = {value.strip().casefold() for value in settings().identity_blocked_ids.split(",")}
+    return BLOCKED_ANY_CASE | (extra - {""})
 
 
 @app.post("/v1/m")
@@ -162,7 +180,8 @@ def telemetry() -> Response[Any]:
 # Never CORS-open, whatever ALLOWED_ORIGINS says: a page must not read who its visitor is.
 @app.get("/v1/identities/<distinct_id>", cors=False)
 def identity(distinct_id: str) -> Response[Any]:
-    """Who `distinct_id` is. Personal data: on AWS this route takes IAM (SigV4), not write keys."""
+    """Who `distinct_id` is, with the profile merged from all its person's ids. Personal data:
+    on AWS this route takes IAM (SigV4), not write keys."""
     # Powertools matches the raw path, which API Gateway (REST) leaves percent-encoded.
     view = identity_graph().view(unquote(distinct_id))
     if view is None:
@@ -170,7 +189,8 @@ def identity(distinct_id: str) -> Response[Any]:
             404,
             {"success": False, "code": "unknown_id", "message": "No person has this distinct id."},
         )
-    return _json(200, view.as_json())
+    profile = profile_store().read(view.distinct_ids)
+    return _json(200, {**view.as_json(), **profile.as_json()})
 
 
 @app.route("/v1/identities/<distinct_id>", method="OPTIONS", cors=False)
@@ -305,8 +325,13 @@ def _record(result: IngestResult) -> None:
             "bytes": result.body_bytes,
             "duplicates": result.duplicates,
             "identity": dict(result.identity_outcomes),
+            "profile_failures": result.profile_failures,
         },
     )
+    if result.profile_failures:
+        metrics.add_metric(
+            name="ProfileFailures", unit=MetricUnit.Count, value=result.profile_failures
+        )
     metrics.add_metric(name="AcceptedMessages", unit=MetricUnit.Count, value=result.accepted)
     metrics.add_metric(name="RejectedMessages", unit=MetricUnit.Count, value=len(result.rejected))
     metrics.add_metric(name="RequestBytes", unit=MetricUnit.Bytes, value=result.body_bytes)

@@ -52,6 +52,9 @@ class Settings:
     identity_blocked_ids: str = ""
     # How long a warm Lambda trusts a settled link's person id (a forced merge can change it).
     identity_cache_seconds: float = 300.0
+    # A profile's lastSeen is written when it moves by at least this much (it may trail the
+    # latest event by less than this); first seen and traits are exact.
+    profile_seen_seconds: float = 3600.0
     # Browser origins allowed to call the API (CORS), comma-separated. "*": any origin, without
     # credentials; a list: only those, with credentials (fetch's credentials: 'include').
     allowed_origins: str = "*"

@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -20,6 +20,7 @@ from .decoding import ParsedBody, decompress, parse_object, request_bytes
 from .errors import BadRequest, MessagesInFlight, NotFound, OutOfTime, StorageUnavailable
 from .identity_store import DecisionLog, IdentityGraph
 from .ledger import ClaimLost, Ledger, Plan, RequestDecisions, plan
+from .profiles import ProfileStore
 from .sink import EventSink
 from .stamping import COLLECTOR_FIELD, RequestStamp, stamp
 from .storage import fingerprint
@@ -86,6 +87,8 @@ class Processed:
     per_type: Counter[str]
     # Positions of the identify and alias calls that name a userId: the graph's business.
     identity_calls: list[int]
+    # Positions of the messages this request wrote to events/ (not duplicates, not busy ones).
+    stored: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,8 @@ class IngestResult:
     duplicates: int
     # "merged", "refused:already_identified", ... -> how many of this request's calls had it.
     identity_outcomes: Counter[str]
+    # Distinct ids whose profile change was dropped (best effort: the events are stored).
+    profile_failures: int = 0
 
 
 class Collector:
@@ -117,6 +122,7 @@ class Collector:
         identity: IdentityGraph | None = None,
         ledger: Ledger | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        profiles: ProfileStore | None = None,
     ) -> None:
         self._settings = settings
         self._sources = sources
@@ -124,6 +130,7 @@ class Collector:
         self._identity = identity
         self._ledger = ledger
         self._clock = clock
+        self._profiles = profiles
 
     def ingest(self, request: IncomingRequest) -> IngestResult:
         received_at = self._clock()
@@ -154,10 +161,14 @@ class Collector:
             items, stamp_, self._settings.max_message_bytes, envelope_problems, item_problems
         )
         outcomes: Counter[str] = Counter()
-        duplicates = 0
+        duplicates = profile_failures = 0
         if processed.lines:
             deadline = _Deadline(request.time_left, self._settings.deadline_margin_seconds)
-            duplicates, outcomes = self._store_events(processed, stamp_, source, deadline)
+            try:
+                duplicates, outcomes = self._store_events(processed, stamp_, source, deadline)
+            finally:
+                # Also when some messages were stored and others are in flight (a 503).
+                profile_failures = self._record_profiles(processed, deadline)
         if processed.rejected:
             self._store_rejected(processed, stamp_)
         return IngestResult(
@@ -168,6 +179,7 @@ class Collector:
             body_bytes=len(raw),
             duplicates=duplicates,
             identity_outcomes=outcomes,
+            profile_failures=profile_failures,
         )
 
     def _unpack_batch(
@@ -228,6 +240,7 @@ class Collector:
         outcomes: Counter[str] = Counter()
         if todo.write:
             outcomes = self._write(processed, todo, key, lease_until, request, source, deadline)
+            processed.stored = todo.write
         if todo.busy:
             wait = todo.busy_until - request.received_at.timestamp()
             raise MessagesInFlight(f"{len(todo.busy)} messages are being stored elsewhere", wait)
@@ -357,6 +370,13 @@ class Collector:
             )
             recorded.update(zip(undecided, decided, strict=True))
         return [recorded[p] for p in positions]
+
+    def _record_profiles(self, processed: Processed, deadline: _Deadline) -> int:
+        """The profile changes of the messages stored (best effort: see profiles.py)."""
+        if self._profiles is None or not processed.stored:
+            return 0
+        stored = [processed.messages[position] for position in processed.stored]
+        return self._profiles.record(stored, deadline.allows_more)
 
     def _store_rejected(self, processed: Processed, request: RequestStamp) -> None:
         # No client id means no way to recognise a retry: the name becomes unique.

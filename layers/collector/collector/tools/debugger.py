@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from collector.identity_store import IdentityGraph
+from collector.profiles import ProfileStore
 from collector.sources import SourceRegistry
 from collector.storage import EVENTS_PREFIX, REJECTED_PREFIX
 
@@ -48,10 +49,16 @@ class _Stored:
 class Debugger:
     """Answers the debugger's page and its JSON: latest events, rejections, one person."""
 
-    def __init__(self, bucket_dir: Path, graph: IdentityGraph, sources: SourceRegistry) -> None:
+    def __init__(
+        self,
+        bucket_dir: Path,
+        graph: IdentityGraph,
+        sources: SourceRegistry,
+        profiles: ProfileStore | None = None,
+    ) -> None:
         self._events = _Stored(bucket_dir / EVENTS_PREFIX)
         self._rejected = _Stored(bucket_dir / REJECTED_PREFIX)
-        self._graph, self._sources = graph, sources
+        self._graph, self._sources, self._profiles = graph, sources, profiles
         self._lock = threading.Lock()
 
     def answer(self, method: str, path: str, query: str) -> Reply | None:
@@ -92,8 +99,12 @@ class Debugger:
         }
 
     def person(self, distinct_id: str) -> dict[str, Any]:
-        """Who `distinct_id` is: the graph's person, its merged traits and its events in order."""
+        """Who `distinct_id` is: the graph's person as GET /v1/identities answers it (with its
+        stored profile), the traits merged from its events and its events in order."""
         view = self._graph.view(distinct_id)
+        person = None if view is None else view.as_json()
+        if view is not None and self._profiles is not None:
+            person = {**view.as_json(), **self._profiles.read(view.distinct_ids).as_json()}
         ids = set(view.distinct_ids) if view else {distinct_id}
         with self._lock:
             self._events.refresh()
@@ -102,7 +113,7 @@ class Debugger:
         names = self._source_names()
         return {
             "distinctId": distinct_id,
-            "person": view.as_json() if view else None,
+            "person": person,
             "traits": merged_traits(events),
             "events": [_summary(0, event, names) for event in events],
         }

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
     from collector.identity_store import IdentityGraph
+    from collector.profiles import ProfileStore
     from collector.sources import SourceRegistry
 
     from .debugger import PAGE, Debugger
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         bucket_dir(data_dir, bucket),
         IdentityGraph(local["dynamodb"], table),
         SourceRegistry(local["dynamodb"], table),
+        ProfileStore(local["dynamodb"], table),
     )
     server = LocalApiGateway(("127.0.0.1", port), instances.invoke, debugger.answer, tls)
     browser = LocalApiGateway(
