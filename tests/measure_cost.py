@@ -64,35 +64,7 @@ from collector.ingest import Collector, IncomingRequest  # noqa: E402
 from collector.sink import S3Sink  # noqa: E402
 from collector.tools.localapi import LambdaContext, proxy_event  # noqa: E402
 
-from .test_benchmark import MemoryStore  # noqa: E402
-
-
-def browser_track(n: int) -> dict[str, Any]:
-    """An analytics.js 2.0 track as its Segment.io plugin sends it."""
-    return {
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "integrations": {},
-        "type": "track",
-        "event": "Plan Selected",
-        "properties": {"plan": "pro", "billing": "annual", "price": 490},
-        "context": {
-            "page": {
-                "path": "/pricing",
-                "referrer": "https://www.google.com/",
-                "title": "Pricing",
-                "url": "https://www.example.com/pricing?utm_source=google",
-            },
-            "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
-            "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-            "locale": "en-US",
-            "library": {"name": "analytics.js", "version": "next-1.81.1"},
-            "timezone": "Europe/Berlin",
-        },
-        "messageId": f"ajs-next-{n}-6d1c2b3a-4f5e-4d7c-8b9a-0e1f2a3b4c5d",
-        "anonymousId": "d3b07384-d9a0-4c9b-8f3e-1a2b3c4d5e6f",
-        "writeKey": "cost-key",
-        "sentAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
+from .test_benchmark import MemoryStore, browser_track  # noqa: E402
 
 
 def server_track(rng: random.Random) -> dict[str, Any]:

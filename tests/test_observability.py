@@ -1,4 +1,8 @@
-"""Logs and metrics: JSON logs correlated by request id, EMF metrics, and never a write key."""
+"""Logs and metrics: JSON logs correlated by request id, EMF metrics, and never a write key.
+
+An accepted request writes one EMF document and nothing else at the default level (issue #10:
+at most 300 bytes for a browser's); refusals, rejections and failures are logged with their codes.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,27 @@ from collector import api
 from collector.tools.localapi import LambdaContext, proxy_event
 
 from .conftest import Aws
+from .test_benchmark import browser_track
+
+# Function log per accepted browser request at the default level, as tests/measure_cost.py
+# counts it (the log lines and EMF documents written to stdout).
+MAX_BROWSER_LOG_BYTES = 300
 
 
-def invoke(body: dict[str, Any], key: str, path: str = "/v1/batch") -> tuple[dict[str, Any], str]:
-    auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-    event = proxy_event("POST", path, "", [("Authorization", auth)], orjson.dumps(body), "10.0.0.1")
+def invoke(
+    body: dict[str, Any] | bytes, key: str | None, path: str = "/v1/batch"
+) -> tuple[dict[str, Any], str]:
+    """One request through the Lambda handler; `key` by header (None: the body carries it)."""
+    headers = [] if key is None else [("Authorization", f"Basic {_basic(key)}")]
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    event = proxy_event("POST", path, "", headers, raw, "10.0.0.1")
     assert event is not None
     response = api.lambda_handler(event, LambdaContext(aws_request_id="lambda-req"))
     return response, event["requestContext"]["requestId"]
+
+
+def _basic(key: str) -> str:
+    return base64.b64encode(f"{key}:".encode()).decode()
 
 
 def json_lines(output: str) -> list[dict[str, Any]]:
@@ -34,6 +51,10 @@ def everything_written(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureF
     return "\n".join((logs, printed.out, printed.err))
 
 
+def metric_documents(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in lines if "_aws" in line]
+
+
 def test_logs_are_correlated_and_metrics_are_emitted(
     aws: Aws, write_key: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -41,15 +62,61 @@ def test_logs_are_correlated_and_metrics_are_emitted(
     response, request_id = invoke(batch, write_key)
     assert response["statusCode"] == 200
     lines = json_lines(everything_written(caplog, capsys))
+    # A rejection is logged at INFO with its reasons.
     [stored] = [line for line in lines if line.get("message") == "request stored"]
-    assert stored["correlation_id"] == request_id
+    assert (stored["level"], stored["correlation_id"]) == ("INFO", request_id)
     assert (stored["accepted"], len(stored["rejected"])) == (1, 1)
-    totals = [line for line in lines if "RejectedMessages" in line]
-    assert totals[0]["AcceptedMessages"] == [1.0]
-    assert totals[0]["RejectedMessages"] == [1.0]
-    assert totals[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "EventCollector"
-    [per_type] = [line for line in lines if line.get("type") == "track" and "_aws" in line]
-    assert per_type["AcceptedMessages"] == [1.0]
+    assert stored["rejected"][0]["reasons"] == ["event: Field required"]
+    # One metric document per request, every metric under the service dimension alone.
+    [metrics] = metric_documents(lines)
+    assert metrics["AcceptedMessages"] == [1.0]
+    assert metrics["RejectedMessages"] == [1.0]
+    [directive] = metrics["_aws"]["CloudWatchMetrics"]
+    assert (directive["Namespace"], directive["Dimensions"]) == ("EventCollector", [["service"]])
+    assert metrics["service"] == "collector"
+
+
+def test_an_accepted_browser_request_writes_one_small_metric_document(
+    aws: Aws, write_key: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = {**browser_track(1), "writeKey": write_key}
+    response, _ = invoke(orjson.dumps(body), None, "/v1/t")
+    assert response["statusCode"] == 200
+    written = everything_written(caplog, capsys)
+    assert len(written.strip().encode()) + 1 <= MAX_BROWSER_LOG_BYTES, written
+    [metrics] = json_lines(written)
+    assert (metrics["AcceptedMessages"], metrics["RequestBytes"]) == (
+        [1.0],
+        [float(len(orjson.dumps(body)))],
+    )
+    # Nothing rejected, so no RejectedMessages datapoint: the rate alarm sums them.
+    assert "RejectedMessages" not in metrics
+
+
+def test_refusals_are_logged_with_their_code_and_counted(
+    aws: Aws, write_key: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    response, request_id = invoke(b'{"batch": [', write_key)
+    assert response["statusCode"] == 400
+    lines = json_lines(everything_written(caplog, capsys))
+    [refused] = [line for line in lines if line.get("message") == "request refused"]
+    assert (refused["status"], refused["code"]) == (400, "invalid_json")
+    assert refused["correlation_id"] == request_id
+    [metrics] = metric_documents(lines)
+    assert metrics["RefusedRequests"] == [1.0]
+
+
+def test_storage_failures_are_logged_with_their_code_and_counted(
+    aws: Aws, write_key: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aws.s3.delete_bucket(Bucket=aws.bucket)  # every PUT now fails
+    response, _ = invoke({"batch": [{"type": "track", "event": "E", "userId": "u"}]}, write_key)
+    assert response["statusCode"] == 503
+    lines = json_lines(everything_written(caplog, capsys))
+    [failed] = [line for line in lines if line.get("message") == "storage unavailable"]
+    assert (failed["level"], failed["code"]) == ("WARNING", "storage_unavailable")
+    [metrics] = metric_documents(lines)
+    assert metrics["StorageFailures"] == [1.0]
 
 
 @pytest.mark.parametrize(

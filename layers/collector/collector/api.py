@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -9,8 +10,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote
 
-import boto3
-from aws_lambda_powertools import Logger, Metrics, single_metric
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import (
     APIGatewayRestResolver,
     CORSConfig,
@@ -92,10 +92,16 @@ _stand_ins: dict[str, Any] = {}
 
 @cache
 def aws_client(service: str) -> Any:
-    """One client per service for the warm Lambda's life (each costs tens of ms to create)."""
+    """One client per service for the warm Lambda's life (each costs tens of ms to create).
+
+    botocore's own session, not boto3's: a boto3 client is this client, and importing boto3
+    (s3transfer, its resource layer) would add ~100 ms to every cold start for nothing used.
+    """
     if service in _stand_ins:
         return _stand_ins[service]
-    return boto3.session.Session().client(service, config=AWS_CLIENT_CONFIG)
+    from botocore.session import Session  # the first request's: only then is a client needed
+
+    return Session().create_client(service, config=AWS_CLIENT_CONFIG)
 
 
 def use_clients(clients: dict[str, Any]) -> None:
@@ -316,36 +322,51 @@ def _time_left(context: LambdaContext) -> Callable[[], float]:
 
 
 def _record(result: IngestResult) -> None:
-    logger.info(
-        "request stored",
-        extra={
-            "source_id": result.source.id,
-            "accepted": result.accepted,
-            "rejected": [rejection.as_json() for rejection in result.rejected],
-            "bytes": result.body_bytes,
-            "duplicates": result.duplicates,
-            "identity": dict(result.identity_outcomes),
-            "profile_failures": result.profile_failures,
-        },
+    """Log and count one ingested request.
+
+    A request whose messages were all stored, as sent, for the first time (and their profiles
+    recorded) is logged at DEBUG: at the default level its whole log is one EMF document of
+    about 280 bytes (issue #10; the bound is in tests/test_observability.py), instead of a
+    400-byte JSON line and two metric documents. Rejections, duplicates, refused identity calls
+    and dropped profile changes are logged at INFO.
+    """
+    refusals = sum(
+        count
+        for outcome, count in result.identity_outcomes.items()
+        if outcome.startswith("refused")
     )
+    if result.rejected or result.duplicates or refusals or result.profile_failures:
+        logger.info("request stored", extra=_details(result))
+    elif logger.log_level <= logging.DEBUG:
+        logger.debug("request stored", extra=_details(result))
+    # All service-level: one document per request. A `type` dimension would need a second
+    # directive (or a document per type) on every request, ~100 bytes; the mix of types is in
+    # the stored events (Athena) instead.
+    metrics.add_metric(name="AcceptedMessages", unit=MetricUnit.Count, value=result.accepted)
+    metrics.add_metric(name="RequestBytes", unit=MetricUnit.Bytes, value=result.body_bytes)
     if result.profile_failures:
         metrics.add_metric(
             name="ProfileFailures", unit=MetricUnit.Count, value=result.profile_failures
         )
-    metrics.add_metric(name="AcceptedMessages", unit=MetricUnit.Count, value=result.accepted)
-    metrics.add_metric(name="RejectedMessages", unit=MetricUnit.Count, value=len(result.rejected))
-    metrics.add_metric(name="RequestBytes", unit=MetricUnit.Bytes, value=result.body_bytes)
-    for outcome, count in result.identity_outcomes.items():
-        if outcome.startswith("refused"):
-            metrics.add_metric(name="IdentityRefusals", unit=MetricUnit.Count, value=count)
-    for message_type, count in result.per_type.items():
-        with single_metric(
-            name="AcceptedMessages",
-            unit=MetricUnit.Count,
-            value=count,
-            default_dimensions=metrics.default_dimensions,
-        ) as metric:
-            metric.add_dimension(name="type", value=message_type)
+    # Only when there are some: the rate alarm sums them, so a period without a datapoint reads
+    # as none rejected (notBreaching), and a zero would cost ~70 bytes on every request.
+    if rejected := len(result.rejected):
+        metrics.add_metric(name="RejectedMessages", unit=MetricUnit.Count, value=rejected)
+    if refusals:
+        metrics.add_metric(name="IdentityRefusals", unit=MetricUnit.Count, value=refusals)
+
+
+def _details(result: IngestResult) -> dict[str, Any]:
+    """What the "request stored" line says: counts, reasons and outcomes, never ids or keys."""
+    return {
+        "source_id": result.source.id,
+        "accepted": result.accepted,
+        "rejected": [rejection.as_json() for rejection in result.rejected],
+        "bytes": result.body_bytes,
+        "duplicates": result.duplicates,
+        "identity": dict(result.identity_outcomes),
+        "profile_failures": result.profile_failures,
+    }
 
 
 def _json(

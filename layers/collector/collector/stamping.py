@@ -48,42 +48,54 @@ def stamp(message: dict[str, Any], request: RequestStamp) -> dict[str, Any]:
 
     timestamp = receivedAt - (sentAt - originalTimestamp); without sentAt it is
     originalTimestamp, without both receivedAt. Validation has parsed the client's timestamps
-    and bounded their years, so nothing here can fail. On the per-event hot path.
+    and bounded their years, so nothing here can fail.
     """
-    get = message.get
-    message.pop("writeKey", None)
-    if not get("messageId"):
-        message["messageId"] = str(uuid4())
-    received_at = request.received_at
-    message["receivedAt"] = request.received_text
-    sent_at = get("sentAt")
-    if sent_at is None:
-        skew = request.skew
-        if skew is not None:
-            message["sentAt"] = request.sent_text
-    else:
-        skew = received_at - sent_at
-    original = get("originalTimestamp") or get("timestamp")
-    if original is None:
-        message["timestamp"] = received_at
-    else:
-        message["originalTimestamp"] = original
-        message["timestamp"] = original if skew is None else original + skew
-    # Batch-level context under the message's own; the request's ip unless the client set one.
-    context = get("context")
-    if request.context:
-        context = {**request.context, **context} if context else dict(request.context)
-        message["context"] = context
-    if request.ip is not None:
-        if context is None:
-            message["context"] = {"ip": request.ip}
-        elif context.get("ip") is None:
-            context["ip"] = request.ip
-    if request.integrations:
-        own = get("integrations")
-        message["integrations"] = {**request.integrations, **own} if own else request.integrations
-    message[COLLECTOR_FIELD] = request.provenance
-    return message
+    return stamp_all([message], request)[0]
+
+
+def stamp_all(messages: list[dict[str, Any]], request: RequestStamp) -> list[dict[str, Any]]:
+    """`stamp` each of `messages` in place; returns the list. The per-event hot path: one loop
+    with the request's values in locals costs a fifth less than a call per message."""
+    received_at, received_text = request.received_at, request.received_text
+    batch_skew, sent_text = request.skew, request.sent_text
+    batch_context, batch_integrations = request.context, request.integrations
+    ip, provenance = request.ip, request.provenance
+    for message in messages:
+        get = message.get
+        if "writeKey" in message:
+            del message["writeKey"]
+        if not get("messageId"):
+            message["messageId"] = str(uuid4())
+        message["receivedAt"] = received_text
+        sent_at = get("sentAt")
+        if sent_at is None:
+            skew = batch_skew
+            if skew is not None:
+                message["sentAt"] = sent_text
+        else:
+            skew = received_at - sent_at
+        original = get("originalTimestamp") or get("timestamp")
+        if original is None:
+            message["timestamp"] = received_at
+        else:
+            message["originalTimestamp"] = original
+            message["timestamp"] = original if skew is None else original + skew
+        # Batch-level context under the message's own; the request's ip unless the client set
+        # one.
+        context = get("context")
+        if batch_context:
+            context = {**batch_context, **context} if context else dict(batch_context)
+            message["context"] = context
+        if ip is not None:
+            if context is None:
+                message["context"] = {"ip": ip}
+            elif context.get("ip") is None:
+                context["ip"] = ip
+        if batch_integrations:
+            own = get("integrations")
+            message["integrations"] = {**batch_integrations, **own} if own else batch_integrations
+        message[COLLECTOR_FIELD] = provenance
+    return messages
 
 
 def iso_utc(moment: datetime) -> str:

@@ -1,0 +1,65 @@
+"""What `make bench` prints: the benchmarks' figures as one table, then one summary line.
+
+The benchmarks (`pytest -m bench`) `record` their best measurement in the JSON file named by
+BENCH_RESULTS when it is set (`make bench` sets it); `python -m tests.bench_report FILE` prints
+it. The last line is machine-readable:
+`ratio_to_floor=<x.xx> us_per_message=<y.y> import_ratio=<z.zz>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# (section, key, label, format): the table's rows, in order.
+ROWS = (
+    ("batch", "us_per_message", "batch CPU per message, with the ledger (us)", "{:.1f}"),
+    ("batch", "floor_ms", "floor: parse + serialise + gzip, 500 messages (ms)", "{:.2f}"),
+    ("batch", "pipeline_ms", "pipeline, 500 messages (ms)", "{:.2f}"),
+    ("batch", "with_ledger_ms", "pipeline with the ledger, 500 messages (ms)", "{:.2f}"),
+    ("batch", "ratio", "ratio to the floor", "{:.2f}"),
+    ("batch", "ratio_with_ledger", "ratio to the floor, with the ledger", "{:.2f}"),
+    ("batch", "single_event_ms", "single-event request CPU, one browser track (ms)", "{:.3f}"),
+    ("batch", "peak_traced_mib", "peak memory of the batch run, tracemalloc (MiB)", "{:.1f}"),
+    ("batch", "max_rss_mib", "peak RSS of the measuring process (MiB)", "{:.0f}"),
+    ("cold_start", "boto3_ms", "import boto3, fresh interpreter (ms CPU)", "{:.0f}"),
+    ("cold_start", "handler_ms", "import the ingest handler, fresh interpreter (ms CPU)", "{:.0f}"),
+    ("cold_start", "import_ratio", "import ratio, handler / boto3", "{:.2f}"),
+    ("cold_start", "first_request_ms", "handler import + first request (ms CPU)", "{:.0f}"),
+)
+
+
+def record(section: str, figures: dict[str, float]) -> None:
+    """Keep `figures` under `section` in the BENCH_RESULTS file; nothing when it is unset."""
+    name = os.environ.get("BENCH_RESULTS")
+    if not name:
+        return
+    path = Path(name)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = figures
+    path.write_text(json.dumps(results, indent=2))
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    """The table, then the summary line (a figure that was not measured shows as "-")."""
+
+    def value(section: str, key: str, form: str) -> str:
+        figure = results.get(section, {}).get(key)
+        return "-" if figure is None else form.format(figure)
+
+    width = max(len(label) for _, _, label, _ in ROWS)
+    lines = [f"{'measure':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{label:<{width}}  {value(s, k, form)}" for s, k, label, form in ROWS]
+    lines.append(
+        f"ratio_to_floor={value('batch', 'ratio', '{:.2f}')} "
+        f"us_per_message={value('batch', 'us_per_message', '{:.1f}')} "
+        f"import_ratio={value('cold_start', 'import_ratio', '{:.2f}')}"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(json.loads(Path(sys.argv[1]).read_text())))
