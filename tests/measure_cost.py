@@ -243,57 +243,93 @@ def measure_identity_calls() -> dict[str, Any]:
         }
 
 
-def measure_s3_client_cpu() -> dict[str, float]:
-    """CPU of botocore's PutObject (serialise, checksum, sign, send, parse) as EventStore calls
-    it, against a local HTTP server that answers 200: the client thread's CPU only (no TLS)."""
+def measure_client_cpu() -> dict[str, float]:
+    """CPU of the AWS calls a request makes after its own work, as the sinks make them:
+    botocore's PutObject (S3 sink), PutRecordBatch and the receipt's PutItem (Firehose sink),
+    each against a local HTTP server that answers like the service: the client thread's CPU
+    only (serialise, checksum, sign, send, parse; no TLS)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    import boto3
     from botocore.config import Config
+    from botocore.session import Session
 
+    from collector.firehose_sink import DeliveryReceipts, FirehoseSink
+    from collector.stamping import RequestStamp
     from collector.storage import EventStore
 
-    class Ok(BaseHTTPRequestHandler):
-        # HTTP/1.1: keep-alive as with S3, and botocore's Expect: 100-continue is answered.
+    class Service(BaseHTTPRequestHandler):
+        # HTTP/1.1: keep-alive as with AWS, and botocore's Expect: 100-continue is answered.
         protocol_version = "HTTP/1.1"
 
-        def do_PUT(self) -> None:
+        def do_PUT(self) -> None:  # S3
             self.rfile.read(int(self.headers["Content-Length"]))
+            self.answer(b"", {"ETag": '"0"'})
+
+        def do_POST(self) -> None:  # JSON protocols: Firehose, DynamoDB
+            sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if "Records" in sent:
+                results = [{"RecordId": "r"}] * len(sent["Records"])
+                body = {"FailedPutCount": 0, "RequestResponses": results}
+            else:
+                body = {}
+            self.answer(json.dumps(body).encode(), {"Content-Type": "application/x-amz-json-1.1"})
+
+        def answer(self, body: bytes, headers: dict[str, str]) -> None:
             self.send_response(200)
-            self.send_header("ETag", '"0"')
-            self.send_header("Content-Length", "0")
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Service)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
-        config=Config(s3={"addressing_style": "path"}),
-    )
-    store = EventStore(s3, "cost-events")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    session = Session()
+
+    def client(service: str, **config: Any) -> Any:
+        return session.create_client(service, endpoint_url=url, config=Config(**config))
+
+    objects = S3Sink(EventStore(client("s3", s3={"addressing_style": "path"}), "cost"), 5)
+    receipts = DeliveryReceipts(client("dynamodb"), "cost-identity", 86400)
+    firehose = FirehoseSink(client("firehose"), "cost-stream", receipts, objects)
+    stamp = RequestStamp(datetime.now(UTC), "src", "req", None)
+    calls = {
+        "S3 PutObject, 1 event": lambda: objects.put_events("events/f.json.gz", [LINE], stamp),
+        "S3 PutObject, 100 events": lambda: objects.put_events(
+            "events/f.json.gz", BATCH_LINES, stamp
+        ),
+        "Firehose PutRecordBatch, 1 event (1 record)": lambda: firehose._put([LINE]),
+        "Firehose PutRecordBatch, 100 events (1 record)": lambda: firehose._put(
+            [b"\n".join(BATCH_LINES)]
+        ),
+        "DynamoDB PutItem (the receipt)": lambda: receipts.record("SENT#abc"),
+    }
     results = {}
-    for size in (550, 7200):
-        body = os.urandom(size)
-        store.put_new("events/f.json.gz", body)
+    for name, call in calls.items():
+        call()
         times = []
         for _ in range(ROUNDS):
             start = time.thread_time()
-            store.put_new("events/f.json.gz", body)
+            call()
             times.append(time.thread_time() - start)
-        results[f"{size} B object"] = statistics.median(times) * 1e3
+        results[name] = statistics.median(times) * 1e3
     server.shutdown()
     return results
+
+
+# A stamped browser event's line (~600 B) and a server batch's (100 of ~550 B).
+LINE = json.dumps({"type": "track", "event": "Viewed", "pad": "x" * 520}).encode()
+BATCH_LINES = [LINE[:550]] * 100
 
 
 def main() -> None:
     result = {
         "requests": measure_requests(),
-        "s3_put_client_cpu_ms": measure_s3_client_cpu(),
+        "aws_client_cpu_ms": measure_client_cpu(),
         "dynamodb": measure_identity_calls(),
     }
     sys.stdout = REAL_STDOUT
