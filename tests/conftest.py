@@ -27,7 +27,14 @@ from collector import api, browser_api
 from collector.sources import SourceRegistry
 from collector.tools.http_api import HTTP_API
 from collector.tools.instances import engines
-from collector.tools.localapi import REST, Door, LocalApiGateway, one_instance
+from collector.tools.localapi import (
+    REST,
+    Door,
+    LambdaContext,
+    LocalApiGateway,
+    one_instance,
+    proxy_event,
+)
 from collector.tools.resources import create_bucket, create_table
 
 pytest_plugins = ["tests.devserver", "tests.chromium", "tests.shop"]
@@ -176,6 +183,16 @@ def post(server: LocalApiGateway, write_key: str) -> Iterator[Any]:
         return requests.post(f"{server.url}{path}", data=data, headers=all_headers, timeout=10)
 
     yield send
+
+
+def invoke_batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One Lambda invocation of the REST handler with this batch, outside the local server
+    (which serves one at a time)."""
+    body = orjson.dumps({"batch": messages})
+    headers = [("Content-Type", "text/plain"), *basic(messages[0]["writeKey"]).items()]
+    event = proxy_event("POST", "/v1/b", "", headers, body, "127.0.0.1")
+    assert event is not None
+    return api.lambda_handler(event, LambdaContext(str(uuid.uuid4())))
 
 
 def refused(response: requests.Response, status: int, code: str, text: str) -> dict[str, Any]:

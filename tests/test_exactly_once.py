@@ -18,9 +18,9 @@ from botocore.exceptions import ReadTimeoutError
 from segment.analytics import Client
 
 from collector import api
-from collector.tools.localapi import LambdaContext, LocalApiGateway, proxy_event
+from collector.tools.localapi import LocalApiGateway
 
-from .conftest import Aws, basic
+from .conftest import Aws, basic, invoke_batch
 
 pytestmark = pytest.mark.engines
 
@@ -157,15 +157,6 @@ def test_two_recomposed_batches_racing_store_each_message_once(atomic: Aws, writ
     shared = {m["messageId"] for m in messages[3:6]}
     stored_by = {e["collector"]["requestId"] for e in atomic.stored() if e["messageId"] in shared}
     assert len(stored_by) == 1
-
-
-def invoke_batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """One Lambda invocation, outside the local server (which serves one at a time)."""
-    body = orjson.dumps({"batch": messages})
-    headers = [("Content-Type", "text/plain"), *basic(messages[0]["writeKey"]).items()]
-    event = proxy_event("POST", "/v1/b", "", headers, body, "127.0.0.1")
-    assert event is not None
-    return api.lambda_handler(event, LambdaContext(str(uuid.uuid4())))
 
 
 def test_a_crash_after_the_claim_neither_loses_nor_duplicates(

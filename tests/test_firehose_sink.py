@@ -4,12 +4,14 @@ re-batched, failed records retried alone, persistent failures answered 503."""
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
 import orjson
 import pytest
+from botocore.exceptions import ReadTimeoutError
 
 from collector import api
 from collector.config import Settings
@@ -22,7 +24,7 @@ from collector.firehose_sink import (
 )
 from collector.tools.resources import create_delivery_stream
 
-from .conftest import Aws, track
+from .conftest import Aws, invoke_batch, track
 
 STREAM = "test-events-stream"
 
@@ -169,3 +171,71 @@ def test_a_sink_setting_that_cannot_work_fails_the_cold_start(
     env = {"EVENTS_BUCKET": "b", "IDENTITY_TABLE": "t", **variables}
     with pytest.raises(RuntimeError, match=problem):
         Settings.from_env(env)
+
+
+# --- the in-doubt windows (docs/design.md, "Sinks") ------------------------------------------
+
+
+def test_a_crash_between_the_claim_and_the_put_neither_loses_nor_duplicates(
+    firehose_sink: Aws, write_key: str
+) -> None:
+    """The invocation dies before its records leave: nothing was sent, the claim is left. The
+    same batch retried takes its own claim over at once and sends each message once."""
+    messages = [track(n, writeKey=write_key) for n in range(3)]
+    firehose = api.aws_client("firehose")
+
+    def die(**_: Any) -> None:
+        raise SystemExit("the Lambda ran out of time")
+
+    firehose.meta.events.register_first("before-send.firehose.PutRecordBatch", die)
+    with pytest.raises(SystemExit):
+        invoke_batch(messages)
+    firehose.meta.events.unregister("before-send.firehose.PutRecordBatch", die)
+    assert delivered(firehose_sink) == []
+    assert invoke_batch(messages)["statusCode"] == 200
+    assert sorted(line["messageId"] for line in delivered(firehose_sink)) == sorted(
+        m["messageId"] for m in messages
+    )
+
+
+@pytest.mark.parametrize("lost", ["the put's answer", "the receipt"])
+def test_a_delivery_in_doubt_answers_503_and_stores_each_message_at_most_twice(
+    firehose_sink: Aws, write_key: str, lost: str
+) -> None:
+    """Firehose took the records, then the collector could not know it (the answer timed out)
+    or could not note it (the receipt's write failed): the request answers 503, its retry sends
+    the records again. Nothing is lost; this is the window docs/design.md states."""
+    messages = [track(n, writeKey=write_key) for n in range(3)]
+    failed: list[str] = []
+
+    def once(**_: Any) -> None:
+        if not failed:
+            failed.append(lost)
+            raise ReadTimeoutError(endpoint_url="aws")
+
+    client, event = (
+        (api.aws_client("firehose"), "after-call.firehose.PutRecordBatch")
+        if lost == "the put's answer"
+        else (api.aws_client("dynamodb"), "before-parameter-build.dynamodb.PutItem")
+    )
+    client.meta.events.register(event, receipt_only(once) if "receipt" in lost else once)
+    answer = invoke_batch(messages)
+    assert answer["statusCode"] == 503
+    assert answer["multiValueHeaders"]["Retry-After"]
+    assert invoke_batch(messages)["statusCode"] == 200
+    counts = Counter(line["messageId"] for line in delivered(firehose_sink))
+    assert set(counts) == {m["messageId"] for m in messages}
+    assert set(counts.values()) == {2}
+    # From then on the receipt answers: a third attempt sends nothing.
+    assert invoke_batch(messages)["statusCode"] == 200
+    assert len(delivered(firehose_sink)) == 6
+
+
+def receipt_only(fault: Callable[..., None]) -> Callable[..., None]:
+    """`fault` for the receipt's PutItem only (a one-message claim is a PutItem too)."""
+
+    def hook(params: dict[str, Any], **kwargs: Any) -> None:
+        if params["Item"]["pk"]["S"].startswith("SENT#"):
+            fault(params=params, **kwargs)
+
+    return hook
