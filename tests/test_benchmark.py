@@ -81,6 +81,11 @@ class FreshLedgerTable:
         self.calls.append("TransactWriteItems")
         return {}
 
+    def put_item(self, **_: Any) -> dict[str, Any]:
+        # A one-message request's claim: a conditional PutItem, not a transaction.
+        self.calls.append("PutItem")
+        return {}
+
 
 def client_batch() -> bytes:
     """A ~300 KB batch exactly as segment-analytics-python builds and serialises it."""
