@@ -24,7 +24,9 @@ dev-fresh: $(STAMP)
 	$(BIN)/python -m collector.tools.devserver --fresh
 
 test: $(STAMP) lint browser-deps
-	$(BIN)/python -m pytest -m "not slow and not bench"
+	# One worker per core, a test file per worker (module-scoped servers are made once); the
+	# benchmarks run afterwards on a quiet machine, alone.
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow and not bench"
 	$(BIN)/python -m pytest -m bench -q
 
 # tests/test_browser.py: analytics.js from npm (tests/browser/package-lock.json) bundled by
