@@ -35,7 +35,7 @@ from collector.tools.localapi import (
     one_instance,
     proxy_event,
 )
-from collector.tools.resources import create_bucket, create_table
+from collector.tools.resources import create_bucket, create_delivery_stream, create_table
 
 pytest_plugins = ["tests.devserver", "tests.chromium", "tests.shop"]
 
@@ -58,7 +58,9 @@ class Aws:
 
     def read_lines(self, key: str) -> list[dict[str, Any]]:
         body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        return [orjson.loads(line) for line in gzip.decompress(body).splitlines()]
+        # moto's Firehose writes its records uncompressed; the collector's objects are gzip.
+        data = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+        return [orjson.loads(line) for line in data.splitlines()]
 
     def stored(self, prefix: str = "events/") -> list[dict[str, Any]]:
         return [line for key in self.keys(prefix) for line in self.read_lines(key)]
@@ -95,20 +97,33 @@ def clear_api_caches() -> None:
 
 
 ENGINES = ("moto", "local")
+SINKS = ("s3", "firehose")
+DELIVERY_STREAM = "test-events-stream"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `engines` run once per engine: the conformance suite of the embedded local
-    engines is the AWS adapters' own tests."""
-    if "aws" in metafunc.fixturenames and metafunc.definition.get_closest_marker("engines"):
-        metafunc.parametrize("aws", ENGINES, indirect=True)
+    engines is the AWS adapters' own tests. Tests marked `sinks` run once per event sink; the
+    embedded engines have no Firehose, so the Firehose sink runs on moto's."""
+    if "aws" not in metafunc.fixturenames:
+        return
+    marked = metafunc.definition.get_closest_marker
+    engines = ENGINES if marked("engines") else ENGINES[:1]
+    sinks = SINKS if marked("sinks") else SINKS[:1]
+    params = [(e, s) for e in engines for s in sinks if not (e == "local" and s == "firehose")]
+    if len(params) > 1:
+        ids = [engine if sink == "s3" else f"{engine}-{sink}" for engine, sink in params]
+        metafunc.parametrize("aws", params, indirect=True, ids=ids)
 
 
 @pytest.fixture
-def aws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Aws]:
+def aws(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Aws]:
     """S3 and DynamoDB as template.yaml makes them: moto's, or, parametrized indirectly with
-    "local", the embedded engines of `make dev` (the request path then uses them too)."""
-    engine = getattr(request, "param", "moto")
+    "local", the embedded engines of `make dev` (the request path then uses them too); with
+    the sink "firehose", the collector sends its events through moto's delivery stream."""
+    engine, sink = getattr(request, "param", ("moto", "s3"))
     # moto stays on under the local engines too: no stray call can reach a real account.
     with mock_aws():
         data_dir = tmp_path / "engines" if engine == "local" else None
@@ -121,10 +136,20 @@ def aws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Aws]:
             s3, dynamodb = boto3.client("s3"), boto3.client("dynamodb")
             create_bucket(s3, BUCKET)
         create_table(dynamodb, TABLE)
+        if sink == "firehose":
+            use_firehose(BUCKET, monkeypatch)
         try:
             yield Aws(s3, dynamodb, data_dir=data_dir)
         finally:
             api.use_clients({})
+
+
+def use_firehose(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector on EVENT_SINK=firehose: moto's delivery stream, as template.yaml makes it,
+    into `bucket` (moto writes each PutRecordBatch as one uncompressed object)."""
+    create_delivery_stream(boto3.client("firehose"), DELIVERY_STREAM, bucket)
+    monkeypatch.setenv("EVENT_SINK", "firehose")
+    monkeypatch.setenv("DELIVERY_STREAM", DELIVERY_STREAM)
 
 
 @pytest.fixture

@@ -123,6 +123,8 @@ def test_segment_client_delivers_every_call_stamped(
     assert key.startswith(f"events/dt={received:%Y-%m-%d}/hour={received:%H}/")
 
 
+# The Firehose sink too: a real client's calls, stamped, through moto's delivery stream.
+@pytest.mark.sinks
 def test_rudder_client_delivers_gzip_with_basic_auth(
     server: LocalApiGateway, aws: Aws, write_key: str
 ) -> None:

@@ -56,6 +56,7 @@ def stored_ids(aws: Aws) -> Counter[str]:
     return Counter(event["messageId"] for event in aws.stored())
 
 
+@pytest.mark.sinks
 def test_a_page_hide_flush_then_the_timer_flush_stores_each_message_once(
     server: LocalApiGateway, aws: Aws, write_key: str
 ) -> None:
@@ -66,6 +67,7 @@ def test_a_page_hide_flush_then_the_timer_flush_stores_each_message_once(
     assert stored_ids(aws) == Counter({m["messageId"]: 1 for m in (m1, m2, m3)})
 
 
+@pytest.mark.sinks
 def test_a_lost_response_retried_with_newer_messages_stores_each_once(
     server: LocalApiGateway, aws: Aws, write_key: str
 ) -> None:
@@ -119,6 +121,7 @@ def test_segment_client_requeue_after_503_stores_each_message_once(
     assert len(counts) == 25 and set(counts.values()) == {1}
 
 
+@pytest.mark.sinks
 def test_two_recomposed_batches_racing_store_each_message_once(atomic: Aws, write_key: str) -> None:
     """Both reach their claim before either makes it: the claim conditions decide who stores
     the shared messages, and the loser stores only what is left."""
