@@ -436,7 +436,7 @@ def powertools(raw: dict[str, Any]) -> tuple[str, str]:
 def test_alarms_notify_the_topic_parameter_when_set(raw: dict[str, Any], topic: str) -> None:
     assert raw["Parameters"]["AlarmTopicArn"]["Default"] == ""
     found = alarms(raw)
-    assert len(found) == 4
+    assert len(found) == 5
     for name, alarm in found.items():
         for actions in ("AlarmActions", "OKActions"):
             result = evaluate(alarm[actions], {"AlarmTopicArn": topic}, raw["Conditions"])
@@ -462,6 +462,20 @@ def test_api_5xx_rate_alarm(raw: dict[str, Any], maybe_transformed: dict[str, An
         rest_api = properties(maybe_transformed, API)
         assert "Name" not in rest_api
         assert rest_api["Body"]["info"]["title"] == {"Ref": "AWS::StackName"}
+
+
+def test_browser_door_5xx_rate_alarm(raw: dict[str, Any]) -> None:
+    """An HTTP API's metrics are named 5xx and Count, by ApiId (a REST API's 5XXError, by name)."""
+    alarm = alarms(raw)["BrowserApi5xxRateAlarm"]
+    dimensions = {"ApiId": {"Ref": BROWSER_API}}
+    assert metric_stats(alarm) == {
+        "errors": {"namespace": "AWS/ApiGateway", "name": "5xx", "dimensions": dimensions}
+        | {"stat": "Sum"},
+        "requests": {"namespace": "AWS/ApiGateway", "name": "Count", "dimensions": dimensions}
+        | {"stat": "Sum"},
+    }
+    assert "errors / requests" in expression(alarm)
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0.01, "GreaterThanThreshold")
 
 
 def test_lambda_throttles_alarm(raw: dict[str, Any]) -> None:
