@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -18,6 +18,7 @@ ITEMS_PER_TRANSACTION = 100
 _UNPROCESSED_ATTEMPTS = 5
 _SINGLE_WRITES = {"Put": "put_item", "Update": "update_item", "Delete": "delete_item"}
 _CONDITIONS_FAILED = frozenset({"TransactionCanceledException", "ConditionalCheckFailedException"})
+_Item = TypeVar("_Item")
 
 
 class ConditionsFailed(Exception):
@@ -70,6 +71,12 @@ def _conditional(operation: str) -> Iterator[None]:
         raise StorageUnavailable(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
     except BotoCoreError as exc:
         raise StorageUnavailable(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
+
+
+def chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:
+    """`items` in runs of at most `size` (a transaction's or a read's limit)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def error_code(exc: ClientError | BotoCoreError) -> str:

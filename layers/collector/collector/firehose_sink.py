@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .dynamodb import error_code
+from .dynamodb import error_code, get_many, write_one
 from .errors import StorageUnavailable
 from .sink import EventSink
 from .stamping import RequestStamp
@@ -48,26 +48,15 @@ class DeliveryReceipts:
         self._clock = clock
 
     def record(self, place: str) -> None:
-        item = {"pk": {"S": place}, "sk": {"S": "SENT"}}
-        item["expiresAt"] = {"N": str(int(self._clock() + self._window))}
-        self._call("PutItem", self._db.put_item, TableName=self._table, Item=item)
+        item = {**_receipt_key(place), "expiresAt": {"N": str(int(self._clock() + self._window))}}
+        write_one(self._db, {"Put": {"TableName": self._table, "Item": item}})
 
     def has(self, place: str) -> bool:
-        answer = self._call(
-            "GetItem",
-            self._db.get_item,
-            TableName=self._table,
-            Key={"pk": {"S": place}, "sk": {"S": "SENT"}},
-            ConsistentRead=True,
-        )
-        return "Item" in answer
+        return bool(get_many(self._db, self._table, [_receipt_key(place)]))
 
-    @staticmethod
-    def _call(operation: str, call: Callable[..., Any], **request: Any) -> Any:
-        try:
-            return call(**request)
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageUnavailable(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
+
+def _receipt_key(place: str) -> dict[str, Any]:
+    return {"pk": {"S": place}, "sk": {"S": "SENT"}}
 
 
 class FirehoseSink:

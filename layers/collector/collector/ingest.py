@@ -86,7 +86,6 @@ class Processed:
     rejected: list[tuple[Rejection, object]]
     # The accepted messages' ids, in order.
     message_ids: list[str]
-    per_type: Counter[str]
     # Positions of the identify and alias calls that name a userId: the graph's business.
     identity_calls: list[int]
     # Positions of the messages this request wrote to events/ (not duplicates, not busy ones).
@@ -98,7 +97,6 @@ class IngestResult:
     source: Source
     accepted: int
     rejected: list[Rejection]
-    per_type: Counter[str]
     # The body after base64 and gzip were undone: what the client sent.
     body_bytes: int
     # Accepted messages an earlier request had stored already (not written again).
@@ -177,7 +175,6 @@ class Collector:
             source=source,
             accepted=len(processed.lines),
             rejected=[rejection for rejection, _ in processed.rejected],
-            per_type=processed.per_type,
             body_bytes=len(raw),
             duplicates=duplicates,
             identity_outcomes=outcomes,
@@ -464,7 +461,6 @@ def process(
         lines=cast(list[bytes], lines),  # every InvalidMessage was taken out above
         rejected=rejected,
         message_ids=list(map(_MESSAGE_ID, messages)),
-        per_type=Counter(types),
         identity_calls=identity_calls,
     )
 

@@ -16,7 +16,7 @@ that could still be writing, so a takeover never races the first writer.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from .dynamodb import (
     ITEMS_PER_TRANSACTION,
     KEYS_PER_READ,
     ConditionsFailed,
+    chunks,
     get_many,
     transact,
     write_one,
@@ -159,14 +160,10 @@ class Ledger:
         expires = {"N": str(int(now + self._window))}
         absent = {":now": {"N": str(int(now))}}
         condition = "attribute_not_exists(pk) OR expiresAt < :now"
-        # New messages first, then the ones claimed before; each transaction's items are built
-        # just before it is sent, so at most one transaction's dicts are alive at a time (all
-        # 500 messages' at once set off three of the garbage collector's passes over them).
-        ordered = (
-            [m for m in message_ids if m not in previous] + [*previous] if previous else message_ids
-        )
-        for start in range(0, len(ordered), ITEMS_PER_TRANSACTION):
-            chunk = ordered[start : start + ITEMS_PER_TRANSACTION]
+        # Each transaction's items are built just before it is sent, so at most one
+        # transaction's dicts are alive at a time (all 500 messages' at once set off three of
+        # the garbage collector's passes over them).
+        for start in range(0, len(message_ids), ITEMS_PER_TRANSACTION):
             items = [
                 {
                     "Put": {
@@ -183,26 +180,21 @@ class Ledger:
                         "ExpressionAttributeValues": absent,
                     }
                 }
-                for message_id in chunk
                 if message_id not in previous
+                else _reclaim(
+                    table,
+                    {"pk": {"S": prefix + message_id}, "sk": sort_key},
+                    previous[message_id],
+                    target,
+                    lease,
+                )
+                for message_id in message_ids[start : start + ITEMS_PER_TRANSACTION]
             ]
-            if previous:
-                items += [
-                    _reclaim(
-                        table,
-                        {"pk": {"S": prefix + message_id}, "sk": sort_key},
-                        previous[message_id],
-                        target,
-                        lease,
-                    )
-                    for message_id in chunk
-                    if message_id in previous
-                ]
             try:
                 self._transact(items)
             except (ClaimLost, StorageUnavailable):
                 # All or nothing for the caller: the chunks already claimed are let go again.
-                self.release(source_id, ordered[:start], object_key)
+                self.release(source_id, message_ids[:start], object_key)
                 raise
         return lease_until
 
@@ -243,7 +235,7 @@ class Ledger:
             self.record_identity(source_id, message_id, object_key, identity)
             for message_id, identity in identities.items()
         ]
-        for chunk in _chunks(items, ITEMS_PER_TRANSACTION):
+        for chunk in chunks(items, ITEMS_PER_TRANSACTION):
             try:
                 self._transact(chunk)
             except ClaimLost:
@@ -268,7 +260,7 @@ class Ledger:
             }
             for message_id in dict.fromkeys(message_ids)
         ]
-        for chunk in _chunks(items, ITEMS_PER_TRANSACTION):
+        for chunk in chunks(items, ITEMS_PER_TRANSACTION):
             with suppress(ClaimLost, StorageUnavailable):
                 self._transact(chunk)
 
@@ -378,8 +370,3 @@ def _entry(item: dict[str, Any]) -> Entry:
         lease_until=float(item["leaseUntil"]["N"]),
         identity=None if identity is None else orjson.loads(identity["S"]),
     )
-
-
-def _chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

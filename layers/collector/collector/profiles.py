@@ -23,15 +23,14 @@ within that resolution costs nothing at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from botocore.exceptions import BotoCoreError, ClientError
 
-from .dynamodb import ITEMS_PER_TRANSACTION, ConditionsFailed, error_code, get_many, transact
+from .dynamodb import ITEMS_PER_TRANSACTION, ConditionsFailed, chunks, get_many, transact, write_one
 from .errors import StorageUnavailable
 from .identity import BLOCKED_ANY_CASE, refusal
 from .stamping import iso_utc
@@ -177,13 +176,15 @@ class _Write:
     version: int
     seen: Seen | None = None
 
-    def condition(self) -> dict[str, Any]:
+    def put(self, table: str) -> dict[str, Any]:
+        """As a transaction's Put item (or, alone, a PutItem's request)."""
+        request: dict[str, Any] = {"TableName": table, "Item": self.item}
         if self.version == 0:
-            return {"ConditionExpression": "attribute_not_exists(pk)"}
-        return {
-            "ConditionExpression": "profileVersion = :version",
-            "ExpressionAttributeValues": {":version": {"N": str(self.version)}},
-        }
+            request["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            request["ConditionExpression"] = "profileVersion = :version"
+            request["ExpressionAttributeValues"] = {":version": {"N": str(self.version)}}
+        return {"Put": request}
 
 
 class ProfileStore:
@@ -276,18 +277,14 @@ class ProfileStore:
     def _put(self, writes: list[_Write], in_time: Callable[[], bool]) -> set[tuple[str, str]]:
         """Write what can be written; returns the keys written (the others lost a race)."""
         written: set[tuple[str, str]] = set()
-        for chunk in _chunks(writes, ITEMS_PER_TRANSACTION):
+        for chunk in chunks(writes, ITEMS_PER_TRANSACTION):
             if not in_time():
                 break
             if len(chunk) <= _SINGLE_WRITES:
                 written |= {write.key for write in chunk if self._put_one(write)}
                 continue
-            items = [
-                {"Put": {"TableName": self._table, "Item": write.item, **write.condition()}}
-                for write in chunk
-            ]
             try:
-                transact(self._db, items)
+                transact(self._db, [write.put(self._table) for write in chunk])
             except ConditionsFailed:
                 continue
             written |= {write.key for write in chunk}
@@ -297,14 +294,11 @@ class ProfileStore:
         return written
 
     def _put_one(self, write: _Write) -> bool:
+        """Write one item by itself; False if it lost a race."""
         try:
-            self._db.put_item(TableName=self._table, Item=write.item, **write.condition())
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise StorageUnavailable(f"DynamoDB PutItem failed: {error_code(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"DynamoDB PutItem failed: {error_code(exc)}") from exc
+            write_one(self._db, write.put(self._table))
+        except ConditionsFailed:
+            return False
         return True
 
 
@@ -356,8 +350,3 @@ def _iso(text: str | None) -> str | None:
 
 def _sort_key(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def _chunks(writes: list[_Write], size: int) -> Iterator[list[_Write]]:
-    for start in range(0, len(writes), size):
-        yield writes[start : start + size]

@@ -22,6 +22,7 @@ TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 _YEAR, _TZINFO = attrgetter("year"), attrgetter("tzinfo")
 # The years a timestamp may have (parse_timestamp says why), as a set: a subset test is C-level.
 _YEARS = frozenset(range(1900, 2200))
+_YEAR_RANGE = f"{min(_YEARS)}-{max(_YEARS)}"
 
 _Fields = dict[str, schema.TypedDictField]
 
@@ -165,8 +166,7 @@ def _checked_in_bulk(validated: list[Any]) -> bool:
 
 def _check_one_by_one(validated: list[Any]) -> None:
     """Each message's identity rule and timestamps, in place; a message that breaks one becomes
-    the InvalidMessage saying why."""
-    fromisoformat = datetime.fromisoformat
+    the InvalidMessage saying why. The rarer batches only: the common one is `_checked_in_bulk`."""
     for index, message in enumerate(validated):
         if isinstance(message, InvalidMessage):
             continue
@@ -177,15 +177,7 @@ def _check_one_by_one(validated: list[Any]) -> None:
             for field in TIMESTAMP_FIELDS:
                 value = get(field)
                 if value is not None:
-                    try:
-                        moment: datetime | None = fromisoformat(value)
-                    except ValueError:
-                        moment = None
-                    # The common case (a UTC time, in range) here; any other through
-                    # parse_timestamp, which normalises it or says why it is not one.
-                    if moment is None or moment.tzinfo is not UTC or not 1900 <= moment.year < 2200:
-                        moment = parse_timestamp(value, field)
-                    message[field] = moment
+                    message[field] = parse_timestamp(value, field)
         except InvalidMessage as exc:
             validated[index] = exc
 
@@ -193,7 +185,8 @@ def _check_one_by_one(validated: list[Any]) -> None:
 def parse_timestamp(value: object, field: str) -> datetime:
     """An ISO-8601 date-time as an aware datetime in UTC; one without an offset is taken as UTC.
 
-    Years outside 1900-2199 are refused, which also keeps the skew arithmetic from overflowing.
+    Years outside 1900-2199 (_YEARS) are refused, which also keeps the skew arithmetic from
+    overflowing.
     """
     if not isinstance(value, str):
         raise InvalidMessage([f"{field}: must be an ISO-8601 date-time string"])
@@ -201,8 +194,8 @@ def parse_timestamp(value: object, field: str) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidMessage([f"{field}: {value[:40]!r} is not an ISO-8601 date-time"]) from None
-    if not 1900 <= moment.year < 2200:
-        raise InvalidMessage([f"{field}: {value[:40]!r} is outside the years 1900-2199"])
+    if moment.year not in _YEARS:
+        raise InvalidMessage([f"{field}: {value[:40]!r} is outside the years {_YEAR_RANGE}"])
     if moment.tzinfo is UTC:
         return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
