@@ -16,6 +16,7 @@ import boto3
 import orjson
 import pytest
 import requests
+from botocore.config import Config
 from moto import mock_aws
 from moto.dynamodb.responses import DynamoHandler
 
@@ -78,6 +79,10 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    # Lambda's clients skip botocore's parameter validation (collector/config.py); here every
+    # request the collector builds is validated, as moto alone would let some malformed through.
+    validating = api.AWS_CLIENT_CONFIG.merge(Config(parameter_validation=True))
+    monkeypatch.setattr(api, "AWS_CLIENT_CONFIG", validating)
     clear_api_caches()
     yield
     clear_api_caches()

@@ -254,7 +254,9 @@ def measure_client_cpu() -> dict[str, float]:
     from botocore.config import Config
     from botocore.session import Session
 
+    from collector.config import AWS_CLIENT_CONFIG
     from collector.firehose_sink import DeliveryReceipts, FirehoseSink
+    from collector.ledger import Ledger
     from collector.stamping import RequestStamp
     from collector.storage import EventStore
 
@@ -291,11 +293,14 @@ def measure_client_cpu() -> dict[str, float]:
     session = Session()
 
     def client(service: str, **config: Any) -> Any:
-        return session.create_client(service, endpoint_url=url, config=Config(**config))
+        # As Lambda's clients are configured (collector/config.py: no parameter validation).
+        merged = AWS_CLIENT_CONFIG.merge(Config(**config))
+        return session.create_client(service, endpoint_url=url, config=merged)
 
     objects = S3Sink(EventStore(client("s3", s3={"addressing_style": "path"}), "cost"), 5)
     receipts = DeliveryReceipts(client("dynamodb"), "cost-identity", 86400)
     firehose = FirehoseSink(client("firehose"), "cost-stream", receipts, objects)
+    ledger = Ledger(client("dynamodb"), "cost-identity", window_seconds=86400, lease_seconds=30)
     stamp = RequestStamp(datetime.now(UTC), "src", "req", None)
     calls = {
         "S3 PutObject, 1 event": lambda: objects.put_events("events/f.json.gz", [LINE], stamp),
@@ -307,6 +312,9 @@ def measure_client_cpu() -> dict[str, float]:
             [b"\n".join(BATCH_LINES)]
         ),
         "DynamoDB PutItem (the receipt)": lambda: receipts.record("SENT#abc"),
+        "DynamoDB TransactWriteItems (the claim of 100 messages)": lambda: ledger.claim(
+            "src", CLAIMED, {}, "events/f.json.gz"
+        ),
     }
     results = {}
     for name, call in calls.items():
@@ -324,6 +332,7 @@ def measure_client_cpu() -> dict[str, float]:
 # A stamped browser event's line (~600 B) and a server batch's (100 of ~550 B).
 LINE = json.dumps({"type": "track", "event": "Viewed", "pad": "x" * 520}).encode()
 BATCH_LINES = [LINE[:550]] * 100
+CLAIMED = [f"6d1c2b3a-4f5e-4d7c-8b9a-{n:012d}" for n in range(100)]
 
 
 def main() -> None:
