@@ -1,6 +1,7 @@
 """Fault injection through botocore's event hooks: a share of a client's AWS calls fail the ways
-AWS calls fail (500, 503, throttling, a timeout before the call, a timeout after moto applied it),
-on moto's clients and on the embedded engines of `make dev` alike.
+AWS calls fail (500, 503, throttling, a timeout before the call, a timeout after moto applied it,
+and for DynamoDB transactions a cancellation for lack of capacity), on moto's clients and on the
+embedded engines of `make dev` alike.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,6 +21,8 @@ from moto.core.models import botocore_stubber
 from collector.tools.embedded import EmbeddedClient
 
 KINDS = ("500", "503", "throttled", "timeout-before", "timeout-after-applied")
+# How DynamoDB throttles a transaction: cancelled, with ThrottlingError among its reasons.
+TRANSACTION_KINDS = (*KINDS, "transaction-throttled")
 
 
 class Faults:
@@ -40,18 +44,19 @@ class Faults:
         # First, so it runs before moto's own before-send handler answers the call.
         client.meta.events.register_first("before-send", self._before_send)
 
-    def _draw(self) -> str | None:
+    def _draw(self, event_name: str) -> str | None:
         with self._lock:
             if not self.enabled or self._random.random() >= self.rate:
                 return None
-            kind = self._random.choice(KINDS)
+            transaction = event_name.endswith(".TransactWriteItems")
+            kind = self._random.choice(TRANSACTION_KINDS if transaction else KINDS)
             self.injected[kind] += 1
             return kind
 
     def _before_embedded_send(self, event_name: str, **_: Any) -> None:
         """The same faults for the embedded engines: raised as botocore would raise them from
         the error answer; a timeout after the call is raised once the work is done."""
-        kind = self._draw()
+        kind = self._draw(event_name)
         if kind is None:
             return
         if kind == "timeout-before":
@@ -68,7 +73,7 @@ class Faults:
             raise ReadTimeoutError(endpoint_url="local")
 
     def _before_send(self, request: Any, event_name: str, **_: Any) -> AWSResponse | None:
-        kind = self._draw()
+        kind = self._draw(event_name)
         if kind is None:
             return None
         service = event_name.split(".")[1]
@@ -87,6 +92,7 @@ def _status_and_code(service: str, kind: str) -> tuple[int, str]:
         "500": (500, "InternalServerError"),
         "503": (503, "ServiceUnavailable"),
         "throttled": (400, "ThrottlingException"),
+        "transaction-throttled": (400, "TransactionCanceledException"),
     }[kind]
 
 
@@ -96,7 +102,8 @@ def _error_response(service: str, kind: str, url: str) -> AWSResponse:
         body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
         headers = {"Content-Type": "application/xml"}
     else:
-        body = orjson.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "x"})
+        error = {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"}
+        body = orjson.dumps({**error, **_cancellation(kind)})
         headers = {"Content-Type": "application/x-amz-json-1.0"}
     return AWSResponse(url, status, {**headers, "x-amzn-RequestId": "fault"}, MockRawResponse(body))
 
@@ -107,4 +114,25 @@ def _error_body(service: str, kind: str) -> dict[str, Any]:
     return {
         "Error": {"Code": code, "Message": "injected"},
         "ResponseMetadata": {"HTTPStatusCode": status},
+        **_cancellation(kind),
     }
+
+
+def _cancellation(kind: str) -> dict[str, Any]:
+    """A throttled transaction's reasons, as DynamoDB lists them (one per item; two here)."""
+    if kind != "transaction-throttled":
+        return {}
+    throttled = {"Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity"}
+    return {"CancellationReasons": [{"Code": "None"}, throttled]}
+
+
+def throttle_transactions(client: Any) -> Callable[[], None]:
+    """Every TransactWriteItems of `client` is cancelled for lack of capacity until the returned
+    function is called."""
+    event = "before-send.dynamodb.TransactWriteItems"
+
+    def cancel(request: Any, **_: Any) -> AWSResponse:
+        return _error_response("dynamodb", "transaction-throttled", request.url)
+
+    client.meta.events.register_first(event, cancel)
+    return lambda: client.meta.events.unregister(event, cancel)

@@ -1,7 +1,7 @@
 """The DynamoDB calls the ledger and the identity graph share, with DynamoDB's limits and
 failures handled once: BatchGetItem in reads of 100 keys, TransactWriteItems (or a single
-conditional write) whose failed conditions raise ConditionsFailed; anything else is
-StorageUnavailable (a 503)."""
+conditional write) whose failed conditions raise ConditionsFailed; anything else, a throttled
+transaction included, is StorageUnavailable (a 503)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ KEYS_PER_READ = 100
 ITEMS_PER_TRANSACTION = 100
 _UNPROCESSED_ATTEMPTS = 5
 _SINGLE_WRITES = {"Put": "put_item", "Update": "update_item", "Delete": "delete_item"}
-_CONDITIONS_FAILED = frozenset({"TransactionCanceledException", "ConditionalCheckFailedException"})
+# A cancelled transaction lost a race only for these reasons; for any other (ThrottlingError,
+# ProvisionedThroughputExceeded, ValidationError) it failed, and deciding again cannot help.
+_LOST_RACE = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
 _Item = TypeVar("_Item")
 
 
@@ -66,7 +68,7 @@ def _conditional(operation: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
-        if error_code(exc) in _CONDITIONS_FAILED:
+        if _lost_race(exc):
             raise ConditionsFailed from exc
         raise StorageUnavailable(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
     except BotoCoreError as exc:
@@ -77,6 +79,19 @@ def chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:
     """`items` in runs of at most `size` (a transaction's or a read's limit)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _lost_race(exc: ClientError) -> bool:
+    """True if another writer got there first: a failed condition, or a transaction cancelled
+    for one (or for a concurrent transaction on its items). A transaction throttled for lack
+    of capacity is a failure like any other: read as a lost race, it had the identity graph
+    decide again as if someone else had written, and a throttled claim answer 503
+    messages_in_flight, a wait for a request that did not exist."""
+    code = error_code(exc)
+    if code != "TransactionCanceledException":
+        return code == "ConditionalCheckFailedException"
+    reasons = {reason.get("Code") for reason in exc.response.get("CancellationReasons") or []}
+    return not reasons or not reasons.isdisjoint(_LOST_RACE)
 
 
 def error_code(exc: ClientError | BotoCoreError) -> str:

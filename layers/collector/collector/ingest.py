@@ -19,7 +19,7 @@ from .auth import Source, SourceCache, write_key_from
 from .config import Settings
 from .decoding import ParsedBody, decompress, parse_object, request_bytes
 from .errors import BadRequest, MessagesInFlight, NotFound, OutOfTime, StorageUnavailable
-from .gc_pause import collection_paused
+from .gc_deferral import deferred_collection
 from .identity_store import DecisionLog, IdentityGraph
 from .ledger import ClaimLost, Ledger, Plan, RequestDecisions, plan
 from .profiles import ProfileStore
@@ -136,7 +136,7 @@ class Collector:
     def ingest(self, request: IncomingRequest) -> IngestResult:
         """Store the request's valid messages and keep its rejected ones; raises the refusal
         (BadRequest, NotFound, ...) or the failure (StorageUnavailable, ...) it answers with."""
-        with collection_paused:
+        with deferred_collection:
             return self._ingest(request)
 
     def _ingest(self, request: IncomingRequest) -> IngestResult:
