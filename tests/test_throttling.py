@@ -13,17 +13,13 @@ from botocore.exceptions import ClientError
 from collector import api
 from collector.dynamodb import ConditionsFailed, transact
 from collector.errors import StorageUnavailable
-from collector.tools.localapi import LambdaContext, proxy_event
 
-from .conftest import Aws, basic, graph_partition, replayed_partition, track
+from .conftest import Aws, graph_partition, invoke_batch, replayed_partition, track
 from .faults import throttle_transactions
 
 
 def send(write_key: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    headers = [("Content-Type", "application/json"), *basic(write_key).items()]
-    event = proxy_event("POST", "/v1/batch", "", headers, orjson.dumps({"batch": messages}), "::1")
-    assert event is not None
-    return api.lambda_handler(event, LambdaContext(str(uuid.uuid4())))
+    return invoke_batch([{**message, "writeKey": write_key} for message in messages])
 
 
 def cancelled(*codes: str) -> ClientError:
