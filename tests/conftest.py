@@ -36,7 +36,12 @@ from collector.tools.localapi import (
     one_instance,
     proxy_event,
 )
-from collector.tools.resources import create_bucket, create_delivery_stream, create_table
+from collector.tools.resources import (
+    create_bucket,
+    create_delivery_stream,
+    create_table,
+    load_template,
+)
 
 pytest_plugins = ["tests.devserver", "tests.chromium", "tests.shop"]
 
@@ -65,6 +70,13 @@ class Aws:
 
     def stored(self, prefix: str = "events/") -> list[dict[str, Any]]:
         return [line for key in self.keys(prefix) for line in self.read_lines(key)]
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    """template.yaml as CloudFormation reads it (tests read it, never change it)."""
+    loaded: dict[str, Any] = load_template()
+    return loaded
 
 
 @pytest.fixture(autouse=True)

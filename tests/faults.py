@@ -20,7 +20,15 @@ from moto.core.models import botocore_stubber
 
 from collector.tools.embedded import EmbeddedClient
 
-KINDS = ("500", "503", "throttled", "timeout-before", "timeout-after-applied")
+# "capacity-exceeded" is how a PROVISIONED table (TableBillingMode) throttles a single call.
+KINDS = (
+    "500",
+    "503",
+    "throttled",
+    "capacity-exceeded",
+    "timeout-before",
+    "timeout-after-applied",
+)
 # How DynamoDB throttles a transaction: cancelled, with ThrottlingError among its reasons.
 TRANSACTION_KINDS = (*KINDS, "transaction-throttled")
 
@@ -92,6 +100,7 @@ def _status_and_code(service: str, kind: str) -> tuple[int, str]:
         "500": (500, "InternalServerError"),
         "503": (503, "ServiceUnavailable"),
         "throttled": (400, "ThrottlingException"),
+        "capacity-exceeded": (400, "ProvisionedThroughputExceededException"),
         "transaction-throttled": (400, "TransactionCanceledException"),
     }[kind]
 
@@ -126,13 +135,14 @@ def _cancellation(kind: str) -> dict[str, Any]:
     return {"CancellationReasons": [{"Code": "None"}, throttled]}
 
 
-def throttle_transactions(client: Any) -> Callable[[], None]:
-    """Every TransactWriteItems of `client` is cancelled for lack of capacity until the returned
-    function is called."""
-    event = "before-send.dynamodb.TransactWriteItems"
+def throttle(client: Any, operation: str = "TransactWriteItems") -> Callable[[], None]:
+    """Every `operation` call of `client` is throttled until the returned function is called:
+    a transaction cancelled for lack of capacity, any other call refused for it."""
+    event = f"before-send.dynamodb.{operation}"
+    kind = "transaction-throttled" if operation == "TransactWriteItems" else "capacity-exceeded"
 
-    def cancel(request: Any, **_: Any) -> AWSResponse:
-        return _error_response("dynamodb", "transaction-throttled", request.url)
+    def refuse(request: Any, **_: Any) -> AWSResponse:
+        return _error_response("dynamodb", kind, request.url)
 
-    client.meta.events.register_first(event, cancel)
-    return lambda: client.meta.events.unregister(event, cancel)
+    client.meta.events.register_first(event, refuse)
+    return lambda: client.meta.events.unregister(event, refuse)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from collector.identity_store import IdentityGraph
-from collector.tools.resources import create_table, load_template
+from collector.tools.resources import create_table
 
 from .conftest import Aws
 from .identity_model import IdentityModel
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.engines
 Call = tuple[str, str, str | None, bool]  # kind, userId, anonymousId/previousId, forced
 WINS = {"created", "attached"}  # an unforced identify never merges (issue 7)
 ROUNDS = 30
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    loaded: dict[str, Any] = load_template()
-    return loaded
 
 
 class Tables:

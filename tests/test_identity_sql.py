@@ -14,13 +14,8 @@ import pytest
 import sqlglot
 
 from collector.tools import glue_views
-from collector.tools.resources import TEMPLATE, load_template, properties
+from collector.tools.resources import TEMPLATE, properties
 from collector.tools.warehouse import VIEWS, LocalData, connect, glue_columns, view_sql
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return load_template()
 
 
 def test_the_template_holds_the_generated_views() -> None:

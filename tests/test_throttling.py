@@ -1,5 +1,6 @@
-"""A DynamoDB transaction throttled for lack of capacity (cancelled with ThrottlingError) is a
-storage failure, answered 503 and retried, never a race the identity graph or the ledger lost."""
+"""A DynamoDB call throttled for lack of capacity (a transaction cancelled with ThrottlingError,
+a single write refused with ProvisionedThroughputExceededException) is a storage failure,
+answered 503 and retried, never a race the identity graph or the ledger lost."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collector.dynamodb import ConditionsFailed, transact
 from collector.errors import StorageUnavailable
 
 from .conftest import Aws, graph_partition, invoke_batch, replayed_partition, track
-from .faults import throttle_transactions
+from .faults import throttle
 
 
 def send(write_key: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -26,6 +27,14 @@ def cancelled(*codes: str) -> ClientError:
     reasons = [{"Code": code} for code in codes]
     error = {"Error": {"Code": "TransactionCanceledException"}, "CancellationReasons": reasons}
     return ClientError(error, "TransactWriteItems")  # type: ignore[arg-type]
+
+
+def assert_storage_unavailable(answer: dict[str, Any], aws: Aws) -> None:
+    """A 503 to retry after, with nothing stored."""
+    assert answer["statusCode"] == 503, answer["body"]
+    assert orjson.loads(answer["body"])["code"] == "storage_unavailable"
+    assert answer["multiValueHeaders"]["Retry-After"]
+    assert aws.keys("events/") == []
 
 
 class Answering:
@@ -71,14 +80,9 @@ def test_a_throttled_identify_answers_503_and_its_retry_decides_it(
         "anonymousId": "throttled-anon",
         "messageId": f"identify-{uuid.uuid4()}",
     }
-    stop = throttle_transactions(api.aws_client("dynamodb"))
+    stop = throttle(api.aws_client("dynamodb"))
 
-    first = send(write_key, [identify])
-
-    assert first["statusCode"] == 503, first["body"]
-    assert orjson.loads(first["body"])["code"] == "storage_unavailable"
-    assert first["multiValueHeaders"]["Retry-After"]
-    assert aws.keys("events/") == []
+    assert_storage_unavailable(send(write_key, [identify]), aws)
     stop()
 
     retry = send(write_key, [identify])
@@ -89,16 +93,20 @@ def test_a_throttled_identify_answers_503_and_its_retry_decides_it(
     assert replayed_partition(aws.stored()) == graph_partition(aws.dynamodb, aws.table)
 
 
-def test_a_throttled_claim_answers_503_and_its_retry_stores_the_batch(
-    aws: Aws, write_key: str
+@pytest.mark.parametrize(
+    ("size", "claim"),
+    # A batch is claimed in one transaction; one message (a browser event) with a single
+    # conditional PutItem, which a PROVISIONED table refuses past its capacity.
+    [(3, "TransactWriteItems"), (1, "PutItem")],
+    ids=["batch", "one-message"],
+)
+def test_a_throttled_claim_answers_503_and_its_retry_stores_the_messages(
+    aws: Aws, write_key: str, size: int, claim: str
 ) -> None:
-    batch = [track(n) for n in range(3)]  # claimed in one transaction
-    stop = throttle_transactions(api.aws_client("dynamodb"))
+    batch = [track(n) for n in range(size)]
+    stop = throttle(api.aws_client("dynamodb"), claim)
 
-    first = send(write_key, batch)
-
-    assert first["statusCode"] == 503, first["body"]
-    assert orjson.loads(first["body"])["code"] == "storage_unavailable"
+    assert_storage_unavailable(send(write_key, batch), aws)
     stop()
 
     assert send(write_key, batch)["statusCode"] == 200

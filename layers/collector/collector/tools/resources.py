@@ -24,13 +24,14 @@ def properties(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
 
 
 def create_table(dynamodb: Any, name: str, template: dict[str, Any] | None = None) -> None:
-    """The identity table as template.yaml declares it (keys, indexes, billing, TTL)."""
+    """The identity table as template.yaml declares it (keys, indexes, stream, TTL), on demand:
+    capacity is a deployment's choice (TableBillingMode), and nothing local throttles."""
     props = properties(template or load_template(), TABLE_RESOURCE)
     args: dict[str, Any] = {
         "TableName": name,
         "KeySchema": props["KeySchema"],
         "AttributeDefinitions": props["AttributeDefinitions"],
-        "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+        "BillingMode": "PAY_PER_REQUEST",
     }
     if "GlobalSecondaryIndexes" in props:
         args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
