@@ -1,6 +1,6 @@
 """What `make bench` prints: the benchmarks' figures as one table, then one summary line.
 
-The benchmarks (`pytest -m bench`) `record` their best measurement in the JSON file named by
+The benchmarks (`pytest -m bench`) `record` their measurement in the JSON file named by
 BENCH_RESULTS when it is set (`make bench` sets it); `python -m tests.bench_report FILE` prints
 it. The last line is machine-readable:
 `ratio_to_floor=<x.xx> us_per_message=<y.y> import_ratio=<z.zz>`.

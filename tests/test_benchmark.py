@@ -1,8 +1,10 @@
 """The per-event budget: decode, validate, stamp, serialise, compress a 500-message batch.
 
 Ratios are against a floor measured in the same run (parse + serialise + compress the same data),
-because these machines are noisy; the absolute figures are CPU time per message, per single-event
-request (one analytics.js track, the browser's shape) and the batch run's peak memory.
+because these machines are noisy: each round times the floor and the pipeline back to back, and
+the ratio is the median of the rounds' ratios, so a slow spell moves both sides of one ratio
+alike. The absolute figures (CPU time per message, per single-event request: one analytics.js
+track, the browser's shape) are the least of the rounds; peak memory is the batch run's.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +43,9 @@ pytestmark = pytest.mark.bench
 MESSAGES = 500
 # Every bound is against the floor of the same run, so a slower or busier machine (seen here:
 # the same floor at 4.1 ms and at 6.5 ms an hour apart) moves the bound with the work. Issue #10
-# asks for 1.6 and, with the ledger, 1.8 (issue #7): 1.64 and 1.755 in instructions, timed best
-# 1.66 and 1.77 but 1.66-1.77 and 1.77-1.92 over repeated runs on a shared machine
-# (docs/design.md); the bounds hold what is reached with room for that machine's noise.
+# asks for 1.6 and, with the ledger, 1.8 (issue #7): 1.59 and 1.70 in instructions, 1.65-1.71
+# and 1.79-1.85 timed (paired medians, docs/design.md); the bounds hold what is reached with
+# room for a shared machine's noise.
 MAX_RATIO = 1.8
 MAX_RATIO_WITH_LEDGER = 2.0
 # The messageId ledger's own work (its DynamoDB requests built, the plan made), as a share of
@@ -49,7 +53,8 @@ MAX_RATIO_WITH_LEDGER = 2.0
 # measured in tests/measure_cost.py.
 MAX_LEDGER_SHARE = 0.3
 ROUNDS = 60
-ATTEMPTS = 5
+# Fresh interpreters: a process's hash seed and memory layout move its ratio by ~2%.
+PROCESSES = 3
 
 
 class MemoryStore:
@@ -142,24 +147,39 @@ def browser_track(n: int) -> dict[str, Any]:
     }
 
 
-def best_cpu_seconds(*runs: Callable[[], object]) -> list[float]:
-    """The least CPU time of each run over ROUNDS interleaved rounds, so noise hits all alike."""
-    best = [float("inf")] * len(runs)
+def interleaved_cpu_seconds(*runs: Callable[[], object]) -> list[tuple[float, ...]]:
+    """The CPU time of each run in each of ROUNDS rounds, the runs back to back in every round."""
+    rounds = []
     for _ in range(ROUNDS):
-        for position, run in enumerate(runs):
+        times = []
+        for run in runs:
             start = time.process_time()
             run()
-            best[position] = min(best[position], time.process_time() - start)
-    return best
+            times.append(time.process_time() - start)
+        rounds.append(tuple(times))
+    return rounds
+
+
+def median_ratio(
+    rounds: list[tuple[float, ...]], over: Callable[[tuple[float, ...]], float]
+) -> float:
+    """The median over the rounds of `over(round) / floor`, the floor being each round's first."""
+    return statistics.median(over(times) / times[0] for times in rounds)
 
 
 @dataclass(frozen=True)
 class Measurement:
     batch_bytes: int
+    # The least CPU time of each over the rounds: the floor, the pipeline, and the same pipeline
+    # with the messageId ledger (DedupeScope=message) on a stand-in table.
     floor_seconds: float
     pipeline_seconds: float
-    # The same pipeline with the messageId ledger (DedupeScope=message) on a stand-in table.
     with_ledger_seconds: float
+    # Against the floor of the same round, the median over the rounds (the module says why).
+    ratio: float
+    ratio_with_ledger: float
+    # The ledger's own work: (with the ledger - without) / floor, the same way.
+    ledger_share: float
     # One analytics.js track through the same collector (the browser's request), with the ledger.
     single_event_seconds: float
     # Python's allocations at their peak while the batch goes through the pipeline with the
@@ -171,31 +191,12 @@ class Measurement:
     ledger_calls: dict[str, int]
 
     @property
-    def ratio(self) -> float:
-        return self.pipeline_seconds / self.floor_seconds
-
-    @property
-    def ratio_with_ledger(self) -> float:
-        return self.with_ledger_seconds / self.floor_seconds
-
-    @property
-    def ledger_share(self) -> float:
-        return (self.with_ledger_seconds - self.pipeline_seconds) / self.floor_seconds
-
-    @property
     def microseconds_per_message(self) -> float:
         return self.with_ledger_seconds / MESSAGES * 1e6
 
     @property
     def ledger_microseconds_per_message(self) -> float:
-        return (self.with_ledger_seconds - self.pipeline_seconds) / MESSAGES * 1e6
-
-    def within_budget(self) -> bool:
-        return (
-            self.ratio <= MAX_RATIO
-            and self.ratio_with_ledger <= MAX_RATIO_WITH_LEDGER
-            and self.ledger_share <= MAX_LEDGER_SHARE
-        )
+        return self.ledger_share * self.floor_seconds / MESSAGES * 1e6
 
     def report(self) -> dict[str, float]:
         """The figures `make bench` tabulates (tests/bench_report.py)."""
@@ -255,16 +256,15 @@ def measure() -> Measurement:
     with_ledger()
     store.puts.clear()
     table.calls.clear()
-    floor_seconds, pipeline_seconds, with_ledger_seconds = best_cpu_seconds(
-        floor, pipeline, with_ledger
-    )
+    rounds = interleaved_cpu_seconds(floor, pipeline, with_ledger)
     counted = len(lookups), [p for p, _ in store.puts], dict(Counter(table.calls))
     store.puts.clear()
     return Measurement(
         len(raw),
-        floor_seconds,
-        pipeline_seconds,
-        with_ledger_seconds,
+        *map(min, zip(*rounds, strict=True)),
+        median_ratio(rounds, itemgetter(1)),
+        median_ratio(rounds, itemgetter(2)),
+        median_ratio(rounds, lambda times: times[2] - times[1]),
         single_event,
         peak_traced_bytes(with_ledger),
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -278,8 +278,7 @@ def single_event_seconds(collector: Collector) -> float:
     request = IncomingRequest(
         call="t", body=body.decode(), is_base64_encoded=False, request_id="bench", ip="203.0.113.9"
     )
-    [seconds] = best_cpu_seconds(lambda: collector.ingest(request))
-    return seconds
+    return min(seconds for (seconds,) in interleaved_cpu_seconds(lambda: collector.ingest(request)))
 
 
 def peak_traced_bytes(run: Callable[[], object]) -> int:
@@ -296,12 +295,10 @@ def peak_traced_bytes(run: Callable[[], object]) -> int:
 
 
 def test_batch_pipeline_stays_within_budget() -> None:
-    """Each attempt runs in a fresh interpreter: its hash seed and memory layout move the ratio
-    by about 5% (measured 1.66-1.93 over 10 processes on one quiet machine), so an unlucky layout
-    gets another look; the best attempt is what `make bench` reports.
-    """
-    attempts = []
-    for _ in range(ATTEMPTS):
+    """Each measurement runs in a fresh interpreter; the median of PROCESSES of them, by ratio,
+    is what is held to the bounds and what `make bench` reports."""
+    measurements = []
+    for _ in range(PROCESSES):
         done = subprocess.run(
             [sys.executable, "-m", "tests.test_benchmark"],
             cwd=Path(__file__).resolve().parents[1],
@@ -325,14 +322,12 @@ def test_batch_pipeline_stays_within_budget() -> None:
         assert result.puts == ["events"] * 2 * ROUNDS, "one PUT per request"
         # 500 new messages: five claims of 100 items (DynamoDB's limit), no read.
         assert result.ledger_calls == {"TransactWriteItems": 5 * ROUNDS}
-        attempts.append(result)
-        if result.within_budget():
-            break
-    best = min(attempts, key=lambda attempt: attempt.ratio)
-    bench_report.record("batch", best.report())
-    assert best.ratio <= MAX_RATIO
-    assert min(attempt.ratio_with_ledger for attempt in attempts) <= MAX_RATIO_WITH_LEDGER
-    assert min(attempt.ledger_share for attempt in attempts) <= MAX_LEDGER_SHARE
+        measurements.append(result)
+    typical = sorted(measurements, key=attrgetter("ratio"))[PROCESSES // 2]
+    bench_report.record("batch", typical.report())
+    assert typical.ratio <= MAX_RATIO
+    assert statistics.median(m.ratio_with_ledger for m in measurements) <= MAX_RATIO_WITH_LEDGER
+    assert statistics.median(m.ledger_share for m in measurements) <= MAX_LEDGER_SHARE
 
 
 if __name__ == "__main__":
