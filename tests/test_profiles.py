@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from collector.tools.debugger import merged_traits
 from collector.tools.instances import engines
 from collector.tools.localapi import LocalApiGateway
 from collector.tools.resources import create_table
+from collector.validation import naive_utc
 
 from .conftest import Aws
 
@@ -41,14 +43,17 @@ def at(minutes: float) -> datetime:
 
 
 def iso(moment: datetime) -> str:
-    return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    """As the collector writes a time, aware or naive UTC (a message's)."""
+    return orjson.dumps(moment, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)[1:-1].decode()
 
 
 def identify(
     user: str | None, anonymous: str | None = None, minutes: float = 0, **fields: Any
 ) -> dict[str, Any]:
-    """A stored identify as the collector hands it to the profiles (timestamp a datetime)."""
-    message = {"type": "identify", "timestamp": at(minutes), "messageId": str(uuid.uuid4())}
+    """A stored identify as the collector hands it to the profiles (timestamp a naive UTC
+    datetime, as validation leaves it)."""
+    [moment] = naive_utc([at(minutes)])
+    message = {"type": "identify", "timestamp": moment, "messageId": str(uuid.uuid4())}
     message.update({"userId": user, "anonymousId": anonymous, **fields})
     return {name: value for name, value in message.items() if value is not None}
 
@@ -109,6 +114,22 @@ def test_traits_go_with_the_events_person_and_refused_ids_are_skipped() -> None:
     assert found.seen["a2"] == Seen(
         f"{at(2):%Y-%m-%dT%H:%M:%S.%fZ}", f"{at(3):%Y-%m-%dT%H:%M:%S.%fZ}"
     )
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+def test_an_event_time_is_read_as_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    """A message's datetimes are naive UTC: read as local time, a profile's first and last seen
+    would move by the machine's offset."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        found = changes([track("u1", minutes=5)])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert datetime.fromisoformat(found.seen["u1"].first) == at(5)
 
 
 def test_every_id_an_event_names_is_seen_tracks_and_aliases_too() -> None:

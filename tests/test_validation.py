@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -73,3 +74,27 @@ def test_unknown_fields_are_preserved_as_sent() -> None:
     item = {"type": "identify", "userId": "u", "traits": {"plan": "pro"}, "custom": {"deep": [1]}}
     [result] = validate_messages([item])
     assert result == item
+
+
+@pytest.mark.parametrize(
+    "neighbour",
+    [
+        {"type": "track", "event": "B", "userId": "u", "timestamp": "2026-11-22T10:00:00Z"},
+        {"type": "track", "userId": "u"},  # invalid: the batch is checked one by one
+    ],
+    ids=["bulk", "one-by-one"],
+)
+@pytest.mark.parametrize(
+    "sent",
+    ["2026-11-22T10:00:00.250Z", "2026-11-22T10:00:00.250+00:00", "2026-11-22T11:00:00.250+01:00"],
+)
+def test_timestamps_are_held_naive_in_utc_whichever_way_the_batch_is_checked(
+    neighbour: dict[str, Any], sent: str
+) -> None:
+    """orjson writes naive datetimes several times faster; both paths must agree on them."""
+    item = {"type": "track", "event": "A", "userId": "u", "timestamp": sent, "sentAt": sent}
+    result, _ = validate_messages([item, neighbour])
+    assert isinstance(result, dict)
+    expected = datetime(2026, 11, 22, 10, 0, 0, 250000)
+    assert (result["timestamp"], result["sentAt"]) == (expected, expected)
+    assert result["timestamp"].tzinfo is None

@@ -47,7 +47,8 @@ BATCH_CALLS = frozenset({"batch", "b", "import"})
 IDENTITY_TYPES = frozenset({"identify", "alias"})
 _ENVELOPE_OBJECTS = ("context", "integrations")
 _MERGED_ENVELOPE = frozenset({("context",), ("integrations",), ("sentAt",)})
-_DUMPS_OPTIONS = orjson.OPT_UTC_Z
+# A message's datetimes are naive UTC (validation), written as RFC 3339 with a Z.
+_DUMPS_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 _TYPE, _MESSAGE_ID = itemgetter("type"), itemgetter("messageId")
 
 

@@ -331,8 +331,10 @@ def _traits(item: dict[str, Any]) -> Traits:
 
 
 def _text(moment: datetime) -> str:
-    """Fixed width (microseconds always written), so that text order is time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Fixed width (microseconds always written), so that text order is time order. A message's
+    datetimes are naive UTC (validation); an aware one is converted."""
+    in_utc = moment if moment.tzinfo is None else moment.astimezone(UTC)
+    return in_utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _moment(text: str) -> datetime:

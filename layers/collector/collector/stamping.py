@@ -28,6 +28,8 @@ class RequestStamp:
     provenance: dict[str, str] = field(init=False)
     # receivedAt - sentAt for the batch-level sentAt: the clock skew (plus latency) to take out.
     skew: timedelta | None = field(init=False)
+    # received_at as the messages' own datetimes are: naive, in UTC (validation says why).
+    received_naive: datetime = field(init=False)
     # The same for every message, so formatted once rather than per message.
     received_text: str = field(init=False)
     sent_text: str | None = field(init=False)
@@ -36,6 +38,7 @@ class RequestStamp:
         derived = {
             "provenance": {"sourceId": self.source_id, "requestId": self.request_id},
             "skew": None if self.sent_at is None else self.received_at - self.sent_at,
+            "received_naive": self.received_at.astimezone(UTC).replace(tzinfo=None),
             "received_text": iso_utc(self.received_at),
             "sent_text": None if self.sent_at is None else iso_utc(self.sent_at),
         }
@@ -43,20 +46,16 @@ class RequestStamp:
             object.__setattr__(self, name, value)
 
 
-def stamp(message: dict[str, Any], request: RequestStamp) -> dict[str, Any]:
-    """Add the stamps to `message`, a validated copy, in place (its context too) and return it.
+def stamp_all(messages: list[dict[str, Any]], request: RequestStamp) -> list[dict[str, Any]]:
+    """Add the stamps to each of `messages`, validated copies, in place (their contexts too);
+    returns the list.
 
     timestamp = receivedAt - (sentAt - originalTimestamp); without sentAt it is
     originalTimestamp, without both receivedAt. Validation has parsed the client's timestamps
-    and bounded their years, so nothing here can fail.
+    (naive, in UTC) and bounded their years, so nothing here can fail. The per-event hot path:
+    one loop with the request's values in locals costs a fifth less than a call per message.
     """
-    return stamp_all([message], request)[0]
-
-
-def stamp_all(messages: list[dict[str, Any]], request: RequestStamp) -> list[dict[str, Any]]:
-    """`stamp` each of `messages` in place; returns the list. The per-event hot path: one loop
-    with the request's values in locals costs a fifth less than a call per message."""
-    received_at, received_text = request.received_at, request.received_text
+    received_at, received_text = request.received_naive, request.received_text
     batch_skew, sent_text = request.skew, request.sent_text
     batch_context, batch_integrations = request.context, request.integrations
     ip, provenance = request.ip, request.provenance

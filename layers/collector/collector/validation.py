@@ -9,9 +9,10 @@ the models (~150 ms of the handler's import, measured with `python -X importtime
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import repeat
-from operator import attrgetter, setitem
+from operator import add, attrgetter, setitem, sub
 from typing import Any
 
 from pydantic_core import ErrorDetails, SchemaValidator, ValidationError
@@ -23,6 +24,7 @@ _YEAR, _TZINFO = attrgetter("year"), attrgetter("tzinfo")
 # The years a timestamp may have (parse_timestamp says why), as a set: a subset test is C-level.
 _YEARS = frozenset(range(1900, 2200))
 _YEAR_RANGE = f"{min(_YEARS)}-{max(_YEARS)}"
+_UTC_EPOCH, _NAIVE_EPOCH = datetime(2000, 1, 1, tzinfo=UTC), datetime(2000, 1, 1)
 
 _Fields = dict[str, schema.TypedDictField]
 
@@ -157,7 +159,7 @@ def _checked_in_bulk(validated: list[Any]) -> bool:
         years = set(map(_YEAR, moments))
         if list(map(_TZINFO, moments)).count(UTC) != size or not years <= _YEARS:
             return False
-        parsed.append((field, moments))
+        parsed.append((field, naive_utc(moments)))
     for field, moments in parsed:
         # operator.setitem, not dict.__setitem__: a builtin's call, not a slot wrapper's.
         deque(map(setitem, validated, repeat(field), moments), maxlen=0)
@@ -177,7 +179,7 @@ def _check_one_by_one(validated: list[Any]) -> None:
             for field in TIMESTAMP_FIELDS:
                 value = get(field)
                 if value is not None:
-                    message[field] = parse_timestamp(value, field)
+                    [message[field]] = naive_utc([parse_timestamp(value, field)])
         except InvalidMessage as exc:
             validated[index] = exc
 
@@ -199,6 +201,14 @@ def parse_timestamp(value: object, field: str) -> datetime:
     if moment.tzinfo is UTC:
         return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def naive_utc(moments: Iterable[datetime]) -> list[datetime]:
+    """Aware UTC times as a validated message holds them: naive, in UTC. orjson writes a naive
+    time several times faster (for an aware one it first probes the tzinfo for pendulum's and
+    pytz's methods): a fifth of serialising a stamped message. Through the difference from an
+    epoch because `replace(tzinfo=None)`, with its keyword, costs ten times as much."""
+    return list(map(add, repeat(_NAIVE_EPOCH), map(sub, moments, repeat(_UTC_EPOCH))))
 
 
 def _check_identity(message: dict[str, Any]) -> None:
