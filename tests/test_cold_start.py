@@ -1,22 +1,27 @@
 """Cold start: importing the ingest handler against a bare `import boto3`, in fresh interpreters.
 
-Each figure is the least CPU time over several fresh interpreters, the two imports interleaved
-so a busy moment of a shared machine hits both alike. The interpreters start with nothing but
-`-c`, so no module a test run imports (pytest, moto) makes either import look cheaper. Both
-read every module's bytecode from one cache the first interpreter fills, so the figures are the
-imports' own work: whether a checkout has bytecode of its own (a fresh clone run with
-PYTHONDONTWRITEBYTECODE has none, and compiles the collector in every interpreter, ~15% of the
-ratio) no longer moves them. The deployed layer ships no bytecode (docs/design.md). Also
-measured: the import plus the first request (its AWS clients created, one browser track through
-the whole handler on stand-in clients), so work moved from the import to the first request shows.
+Each round runs the two imports in fresh interpreters back to back; the ratio is the median of
+the rounds' ratios, so a busy moment of a shared machine hits both sides of one ratio alike (the
+least handler time over the least boto3 time, as before, let one lucky or unlucky interpreter
+decide: 1.27-1.55 over four runs of one checkout). The times shown are the least of each. The
+interpreters start with nothing but `-c`, so no module a test run imports (pytest, moto) makes
+either import look cheaper. Both read every module's bytecode from one cache the first
+interpreter fills, so the figures are the imports' own work: whether a checkout has bytecode of
+its own (a fresh clone run with PYTHONDONTWRITEBYTECODE has none, and compiles the collector in
+every interpreter, ~15% of the ratio) no longer moves them. The deployed layer ships no bytecode
+(docs/design.md). Also measured: the import plus the first request (its AWS clients created, one
+browser track through the whole handler on stand-in clients), so work moved from the import to
+the first request shows.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+from operator import truediv
 from pathlib import Path
 from typing import Any
 
@@ -133,29 +138,30 @@ def measure(bytecode: Path) -> dict[str, float]:
     }
     for name, code in codes.items():
         fresh(code, bytecode, stdin[name])  # fills the bytecode cache
-    best = dict.fromkeys(codes, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in codes}
     for round_ in range(ROUNDS):
         # The first request's figure moves little; three rounds of it are enough.
         for name in codes if round_ < 3 else ("boto3", "handler"):
-            best[name] = min(best[name], fresh(codes[name], bytecode, stdin[name]))
-    return best
+            times[name].append(fresh(codes[name], bytecode, stdin[name]))
+    ratios = map(truediv, times["handler"], times["boto3"])
+    return {"ratio": statistics.median(ratios), **{name: min(t) for name, t in times.items()}}
 
 
 def test_the_handler_imports_within_budget_of_boto3(tmp_path: Path) -> None:
-    best = measure(tmp_path)
-    ratio = best["handler"] / best["boto3"]
+    figures = measure(tmp_path)
+    ratio = figures["ratio"]
     print(
-        f"\nimport boto3 {best['boto3'] * 1e3:.0f} ms, the ingest handler "
-        f"{best['handler'] * 1e3:.0f} ms CPU: ratio {ratio:.2f}; with its first request "
-        f"{best['first_request'] * 1e3:.0f} ms"
+        f"\nimport boto3 {figures['boto3'] * 1e3:.0f} ms, the ingest handler "
+        f"{figures['handler'] * 1e3:.0f} ms CPU: ratio {ratio:.2f}; with its first request "
+        f"{figures['first_request'] * 1e3:.0f} ms"
     )
     bench_report.record(
         "cold_start",
         {
-            "boto3_ms": best["boto3"] * 1e3,
-            "handler_ms": best["handler"] * 1e3,
+            "boto3_ms": figures["boto3"] * 1e3,
+            "handler_ms": figures["handler"] * 1e3,
             "import_ratio": ratio,
-            "first_request_ms": best["first_request"] * 1e3,
+            "first_request_ms": figures["first_request"] * 1e3,
         },
     )
     assert ratio <= MAX_IMPORT_RATIO
