@@ -1,7 +1,8 @@
 """Fault injection through botocore's event hooks: a share of a client's AWS calls fail the ways
-AWS calls fail (500, 503, throttling, a timeout before the call, a timeout after moto applied it,
-and for DynamoDB transactions a cancellation for lack of capacity), on moto's clients and on the
-embedded engines of `make dev` alike.
+AWS calls fail (500, 503, throttling, a refusal for capacity as a provisioned DynamoDB table
+answers, a timeout before the call, a timeout after moto applied it, and for DynamoDB
+transactions a cancellation for lack of capacity), on moto's clients and on the embedded engines
+of `make dev` alike.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from uuid import uuid4
 
 import orjson
 
+from .validation import naive_utc
+
 # The one place a stored message says where it came from; a client value there is replaced.
 COLLECTOR_FIELD = "collector"
 
@@ -38,7 +40,7 @@ class RequestStamp:
         derived = {
             "provenance": {"sourceId": self.source_id, "requestId": self.request_id},
             "skew": None if self.sent_at is None else self.received_at - self.sent_at,
-            "received_naive": self.received_at.astimezone(UTC).replace(tzinfo=None),
+            "received_naive": naive_utc([self.received_at])[0],
             "received_text": iso_utc(self.received_at),
             "sent_text": None if self.sent_at is None else iso_utc(self.sent_at),
         }
