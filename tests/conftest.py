@@ -121,14 +121,16 @@ DELIVERY_STREAM = "test-events-stream"
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `engines` run once per engine: the conformance suite of the embedded local
     engines is the AWS adapters' own tests. Tests marked `sinks` run once per event sink; the
-    embedded engines have no Firehose, so the Firehose sink runs on moto's."""
+    embedded engines have no Firehose, so the Firehose sink runs on moto's. `engines("local")`
+    names the engines a test runs on, when it cannot run on all."""
     if "aws" not in metafunc.fixturenames:
         return
     marked = metafunc.definition.get_closest_marker
-    engines = ENGINES if marked("engines") else ENGINES[:1]
+    engines_marker = marked("engines")
+    engines = (engines_marker.args or ENGINES) if engines_marker else ENGINES[:1]
     sinks = SINKS if marked("sinks") else SINKS[:1]
     params = [(e, s) for e in engines for s in sinks if not (e == "local" and s == "firehose")]
-    if len(params) > 1:
+    if params != [(ENGINES[0], SINKS[0])]:  # the fixture's default otherwise
         ids = [engine if sink == "s3" else f"{engine}-{sink}" for engine, sink in params]
         metafunc.parametrize("aws", params, indirect=True, ids=ids)
 

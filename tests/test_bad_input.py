@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import socket
+import struct
+import threading
+import time
 from typing import Any
 
 import orjson
@@ -262,6 +266,31 @@ def test_unrouted_path_answers_like_api_gateway(server: LocalApiGateway) -> None
     response = requests.get(f"{server.url}/v1/track", timeout=10)
     assert response.status_code == 403
     assert response.json() == {"message": "Missing Authentication Token"}
+
+
+def test_a_client_hanging_up_before_its_answer_leaves_no_trace(
+    server: LocalApiGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client whose timeout ran out is gone; the answer written to its socket fails there."""
+    invoke = server.invoke
+    answered = threading.Event()
+
+    def slow(event: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.3)  # the client resets its connection meanwhile
+        try:
+            return invoke(event)
+        finally:
+            answered.set()
+
+    server.invoke = slow
+    host, port = server.server_address[:2]
+    with socket.create_connection((str(host), port)) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.sendall(b"POST /v1/m HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    assert answered.wait(10)
+    time.sleep(0.2)  # the write to the reset socket, and whatever it prints
+    assert "Traceback" not in capsys.readouterr().err
+    assert requests.post(f"{server.url}/v1/m", data=b"{}", timeout=10).status_code == 200
 
 
 def test_telemetry_is_accepted_and_discarded(server: LocalApiGateway, aws: Aws) -> None:

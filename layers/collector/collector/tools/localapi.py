@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import re
 import ssl
+import sys
 import threading
 import time
 import traceback
@@ -201,6 +202,11 @@ class LocalApiGateway(ThreadingHTTPServer):
             except (ssl.SSLError, OSError):
                 return  # not TLS, or it gave up: nothing to answer
         super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client hung up before its answer (a timeout): nobody to tell
+        super().handle_error(request, client_address)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
