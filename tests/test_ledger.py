@@ -104,6 +104,14 @@ def test_claims_are_read_back_and_a_second_claim_of_a_message_is_lost(ledger: Le
     assert ledger.read("other-source", ids) == {}
 
 
+def test_the_lease_returned_is_the_lease_stored_never_past_the_lease_time(
+    ledger: Ledger, clock: list[float]
+) -> None:
+    clock[0] = NOW + 0.0127  # between two milliseconds
+    lease_until = ledger.claim("src", ["m"], {}, "obj-1")
+    assert ledger.read("src", ["m"])["m"].lease_until == lease_until == NOW + 30.012
+
+
 def test_a_lapsed_claim_is_taken_over_once(ledger: Ledger, clock: list[float]) -> None:
     ledger.claim("src", ["m"], {}, "obj-1")
     clock[0] += 31

@@ -15,6 +15,7 @@ that could still be writing, so a takeover never races the first writer.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -153,7 +154,10 @@ class Ledger:
         (`previous`, or absent); returns the lease's end. Raises ClaimLost if another request
         got in between."""
         now = self._clock()
-        lease_until = now + self.lease_seconds
+        # To the millisecond, rounded down, and returned as stored: the holder and a request
+        # reading the item see the same end, and a reader is never told to wait past it (rounded
+        # up, a request arriving within a millisecond of the claim was told 2 s for a 1 s lease).
+        lease_until = math.floor((now + self.lease_seconds) * 1000) / 1000
         # One request's items share every value but the key: built once, and each message's
         # put a copy of them with its key set (copying a dict and setting one key costs ~40%
         # less than building the two dicts anew; the placeholders keep the keys' order).
