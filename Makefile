@@ -57,8 +57,8 @@ $(BROWSER_BUNDLE): $(BROWSER_DIR)/entry.js $(BROWSER_MODULES)
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-# The benchmarks record their figures in BENCH_RESULTS; the table printed from them ends
-# with one line, `ratio_to_floor=<x.xx> us_per_message=<y.y> import_ratio=<z.zz>`.
+# The benchmarks record their figures in BENCH_RESULTS; the table printed from them (each
+# target met or MISSED) ends with one line, `ratio_to_floor=<x.xx> us_per_message=<y.y> import_ratio=<z.zz>`.
 BENCH_RESULTS := $(VENV)/bench-results.json
 bench: $(STAMP)
 	rm -f $(BENCH_RESULTS)
