@@ -58,7 +58,8 @@ test-long: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
 # The benchmarks record their figures in BENCH_RESULTS; the table printed from them (each
-# target met or MISSED) ends with one line, `ratio_to_floor=<x.xx> us_per_message=<y.y> import_ratio=<z.zz>`.
+# target met or MISSED) ends with one line,
+# `ratio_to_floor=<x.xx> us_per_message=<y.y> import_ratio=<z.zz>`.
 BENCH_RESULTS := $(VENV)/bench-results.json
 bench: $(STAMP)
 	rm -f $(BENCH_RESULTS)

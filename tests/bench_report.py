@@ -51,26 +51,31 @@ def record(section: str, figures: dict[str, float]) -> None:
 def render(results: dict[str, dict[str, Any]]) -> str:
     """The table, then the summary line (a figure that was not measured shows as "-")."""
 
-    def value(section: str, key: str, form: str) -> str:
-        figure = results.get(section, {}).get(key)
+    def measured(section: str, key: str) -> float | None:
+        figure: float | None = results.get(section, {}).get(key)
+        return figure
+
+    def value(figure: float | None, form: str) -> str:
         return "-" if figure is None else form.format(figure)
 
-    def target(section: str, key: str, form: str) -> str:
+    def target(key: str, figure: float | None, form: str) -> str:
         bound = TARGETS.get(key)
         if bound is None:
             return ""
-        figure = results.get(section, {}).get(key)
         verdict = "-" if figure is None else "met" if figure <= bound else "MISSED"
         return f"<= {form.format(bound)} {verdict}"
 
-    rows = [(label, value(s, k, form), target(s, k, form)) for s, k, label, form in ROWS]
+    rows = []
+    for section, key, label, form in ROWS:
+        figure = measured(section, key)
+        rows.append((label, value(figure, form), target(key, figure, form)))
     width = max(len(label) for label, _, _ in rows)
     lines = [f"{'measure':<{width}}  {'value':>6}  target", f"{'-' * width}  ------  ------"]
-    lines += [f"{label:<{width}}  {figure:>6}  {goal}".rstrip() for label, figure, goal in rows]
+    lines += [f"{label:<{width}}  {shown:>6}  {goal}".rstrip() for label, shown, goal in rows]
     lines.append(
-        f"ratio_to_floor={value('batch', 'ratio', '{:.2f}')} "
-        f"us_per_message={value('batch', 'us_per_message', '{:.1f}')} "
-        f"import_ratio={value('cold_start', 'import_ratio', '{:.2f}')}"
+        f"ratio_to_floor={value(measured('batch', 'ratio'), '{:.2f}')} "
+        f"us_per_message={value(measured('batch', 'us_per_message'), '{:.1f}')} "
+        f"import_ratio={value(measured('cold_start', 'import_ratio'), '{:.2f}')}"
     )
     return "\n".join(lines)
 
